@@ -1,0 +1,52 @@
+#include "test_util.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <array>
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+
+namespace kvgate::test {
+
+std::string default_model_path() {
+  std::string home;
+  if (const char* env = std::getenv("KVGATE_HOME"); env && *env) {
+    home = env;
+  } else {
+    const char* user_home = std::getenv("HOME");
+    home = std::string(user_home ? user_home : "/root") + "/.cache/kvgate";
+  }
+  std::string path = home + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+  if (!std::filesystem::exists(path)) {
+    ADD_FAILURE() << "default model missing at " << path << ": run scripts/fetch_model.sh";
+  }
+  return path;
+}
+
+std::string data_path(const std::string& name) { return std::string(KVGATE_TEST_DATA) + "/" + name; }
+
+std::string temp_dir() {
+  static std::atomic<int> counter{0};
+  auto dir = std::filesystem::temp_directory_path() /
+             ("kvgate_test_" + std::to_string(getpid()) + "_" + std::to_string(counter++));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir.string();
+}
+
+int run_command(const std::string& command, std::string* out) {
+  FILE* pipe = popen(command.c_str(), "r");
+  if (!pipe) return -1;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) {
+    if (out) out->append(buf.data(), n);
+  }
+  int status = pclose(pipe);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+}  // namespace kvgate::test

@@ -1,0 +1,22 @@
+// Shared helpers for the test suite: where the default model and the committed golden data are.
+#pragma once
+
+#include <string>
+
+namespace kvgate::test {
+
+// The default model (SmolLM2-135M-Instruct Q4_1) in $KVGATE_HOME/models or
+// ~/.cache/kvgate/models. Integration tests fail (not skip) when it is missing: CI installs it
+// with scripts/fetch_model.sh.
+std::string default_model_path();
+
+// tests/data/<name>
+std::string data_path(const std::string& name);
+
+// A fresh empty directory under the system temp dir, unique to this process and call.
+std::string temp_dir();
+
+// Runs a shell command, returns its exit status and collects stdout (stderr to a file if wanted).
+int run_command(const std::string& command, std::string* out);
+
+}  // namespace kvgate::test
