@@ -29,6 +29,12 @@ enum class tensor_type : uint32_t {
   f32 = 0, f16 = 1, q4_0 = 2, q4_1 = 3, q8_0 = 8, q4_k = 12, q5_k = 13, q6_k = 14, bf16 = 30,
 };
 
+// "u32", "string", ...; "type 42" for an id outside the enum.
+std::string value_type_name(value_type type);
+
+// Longest tensor name the reader and writer accept (FACTS.md: <= 64 bytes).
+inline constexpr size_t max_tensor_name_bytes = 64;
+
 struct type_traits {
   std::string_view name;   // "Q4_1", as ggml names it
   int64_t block_size;      // elements per block

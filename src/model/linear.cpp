@@ -1,0 +1,227 @@
+#include "model/linear.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <cstring>
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define KVGATE_AVX2 1
+#endif
+
+namespace kvgate {
+
+using gguf::tensor_type;
+
+namespace {
+
+int g_threads = 1;
+
+// Block layouts (FACTS.md): f16 scale(s) then packed quants.
+struct block_q4_0 { uint16_t d; uint8_t qs[16]; };
+struct block_q4_1 { uint16_t d; uint16_t m; uint8_t qs[16]; };
+struct block_q8_0 { uint16_t d; int8_t qs[32]; };
+static_assert(sizeof(block_q4_0) == 18 && sizeof(block_q4_1) == 20 && sizeof(block_q8_0) == 34);
+
+#ifdef KVGATE_AVX2
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// Sum over 32 elements of nibble * x: low nibbles are elements 0..15, high nibbles 16..31.
+inline __m256 nibble_dot(const uint8_t* qs, const float* x) {
+  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+  const __m128i mask = _mm_set1_epi8(0x0F);
+  const __m128i lo = _mm_and_si128(bytes, mask);
+  const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
+  __m256 acc = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), _mm256_loadu_ps(x));
+  acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))),
+                        _mm256_loadu_ps(x + 8), acc);
+  acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), _mm256_loadu_ps(x + 16), acc);
+  acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))),
+                        _mm256_loadu_ps(x + 24), acc);
+  return acc;
+}
+
+inline __m256 sum32(const float* x) {
+  return _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(x), _mm256_loadu_ps(x + 8)),
+                       _mm256_add_ps(_mm256_loadu_ps(x + 16), _mm256_loadu_ps(x + 24)));
+}
+#endif
+
+// sum_j (d * q_j + m) * x_j = d * sum(q x) + m * sum(x), per block.
+float dot_q4_1(const block_q4_1* b, const float* x, int64_t n) {
+  const int64_t nb = n / 32;
+#ifdef KVGATE_AVX2
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i, x += 32) {
+    const __m256 d = _mm256_set1_ps(gguf::f16_to_f32(b[i].d));
+    const __m256 m = _mm256_set1_ps(gguf::f16_to_f32(b[i].m));
+    acc = _mm256_fmadd_ps(d, nibble_dot(b[i].qs, x), acc);
+    acc = _mm256_fmadd_ps(m, sum32(x), acc);
+  }
+  return hsum(acc);
+#else
+  float acc = 0.0f;
+  for (int64_t i = 0; i < nb; ++i, x += 32) {
+    const float d = gguf::f16_to_f32(b[i].d), m = gguf::f16_to_f32(b[i].m);
+    for (int j = 0; j < 16; ++j) {
+      acc += (d * (b[i].qs[j] & 0x0F) + m) * x[j] + (d * (b[i].qs[j] >> 4) + m) * x[j + 16];
+    }
+  }
+  return acc;
+#endif
+}
+
+// sum_j d * (q_j - 8) * x_j = d * sum(q x) - 8 d * sum(x).
+float dot_q4_0(const block_q4_0* b, const float* x, int64_t n) {
+  const int64_t nb = n / 32;
+#ifdef KVGATE_AVX2
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i, x += 32) {
+    const float d = gguf::f16_to_f32(b[i].d);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), nibble_dot(b[i].qs, x), acc);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(-8.0f * d), sum32(x), acc);
+  }
+  return hsum(acc);
+#else
+  float acc = 0.0f;
+  for (int64_t i = 0; i < nb; ++i, x += 32) {
+    const float d = gguf::f16_to_f32(b[i].d);
+    for (int j = 0; j < 16; ++j) {
+      acc += d * ((b[i].qs[j] & 0x0F) - 8) * x[j] + d * ((b[i].qs[j] >> 4) - 8) * x[j + 16];
+    }
+  }
+  return acc;
+#endif
+}
+
+float dot_q8_0(const block_q8_0* b, const float* x, int64_t n) {
+  const int64_t nb = n / 32;
+#ifdef KVGATE_AVX2
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i, x += 32) {
+    __m256 s = _mm256_setzero_ps();
+    for (int k = 0; k < 4; ++k) {
+      const __m128i q8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b[i].qs + 8 * k));
+      s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8)), _mm256_loadu_ps(x + 8 * k), s);
+    }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(gguf::f16_to_f32(b[i].d)), s, acc);
+  }
+  return hsum(acc);
+#else
+  float acc = 0.0f;
+  for (int64_t i = 0; i < nb; ++i, x += 32) {
+    const float d = gguf::f16_to_f32(b[i].d);
+    for (int j = 0; j < 32; ++j) acc += d * b[i].qs[j] * x[j];
+  }
+  return acc;
+#endif
+}
+
+float dot_f32(const float* a, const float* x, int64_t n) {
+  int64_t j = 0;
+  float acc = 0.0f;
+#ifdef KVGATE_AVX2
+  __m256 v = _mm256_setzero_ps();
+  for (; j + 8 <= n; j += 8) v = _mm256_fmadd_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(x + j), v);
+  acc = hsum(v);
+#endif
+  for (; j < n; ++j) acc += a[j] * x[j];
+  return acc;
+}
+
+float dot_f16(const uint16_t* a, const float* x, int64_t n) {
+  int64_t j = 0;
+  float acc = 0.0f;
+#ifdef KVGATE_AVX2
+  __m256 v = _mm256_setzero_ps();
+  for (; j + 8 <= n; j += 8) {
+    const __m256 w = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + j)));
+    v = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + j), v);
+  }
+  acc = hsum(v);
+#endif
+  for (; j < n; ++j) acc += gguf::f16_to_f32(a[j]) * x[j];
+  return acc;
+}
+
+// Other types (K-quants, bf16): dequantize the row into a thread-local buffer, then dot.
+float dot_generic(const linear& w, const uint8_t* row, const float* x) {
+  thread_local std::vector<float> buf;
+  buf.resize(w.n_in);
+  gguf::dequantize(w.type, row, buf.data(), w.n_in);
+  return dot_f32(buf.data(), x, w.n_in);
+}
+
+}  // namespace
+
+linear linear::from_tensor(const gguf::tensor_info& t) {
+  if (t.ne.size() != 2) fail("tensor {} must be 2-d to be used as a matrix", t.name);
+  linear w;
+  w.type = t.type;
+  w.data = t.data;
+  w.n_in = t.ne[0];
+  w.n_out = t.ne[1];
+  w.row_bytes = gguf::row_bytes(t.type, t.ne[0]);
+  return w;
+}
+
+float linear_row_dot(const linear& w, int64_t i, const float* x) {
+  const uint8_t* row = w.row(i);
+  switch (w.type) {
+    case tensor_type::q4_1: return dot_q4_1(reinterpret_cast<const block_q4_1*>(row), x, w.n_in);
+    case tensor_type::q4_0: return dot_q4_0(reinterpret_cast<const block_q4_0*>(row), x, w.n_in);
+    case tensor_type::q8_0: return dot_q8_0(reinterpret_cast<const block_q8_0*>(row), x, w.n_in);
+    case tensor_type::f32: return dot_f32(reinterpret_cast<const float*>(row), x, w.n_in);
+    case tensor_type::f16: return dot_f16(reinterpret_cast<const uint16_t*>(row), x, w.n_in);
+    default: return dot_generic(w, row, x);
+  }
+}
+
+double linear_row_dot_reference(const linear& w, int64_t i, const float* x) {
+  std::vector<float> row(w.n_in);
+  gguf::dequantize(w.type, w.row(i), row.data(), w.n_in);
+  double acc = 0.0;
+  for (int64_t j = 0; j < w.n_in; ++j) acc += static_cast<double>(row[j]) * x[j];
+  return acc;
+}
+
+void linear_forward(const linear& w, const float* x, float* y, int64_t n_rows, linear_scratch& scratch) {
+  if (n_rows < k_sgemm_min_rows) {
+    const int64_t n_out = w.n_out;
+#pragma omp parallel for schedule(static) num_threads(g_threads)
+    for (int64_t o = 0; o < n_out; ++o) {
+      for (int64_t r = 0; r < n_rows; ++r) y[r * n_out + o] = linear_row_dot(w, o, x + r * w.n_in);
+    }
+    return;
+  }
+  const float* wf;
+  if (w.type == tensor_type::f32) {
+    wf = reinterpret_cast<const float*>(w.data);
+  } else {
+    scratch.weight_f32.resize(static_cast<size_t>(w.n_out) * w.n_in);
+    float* dst = scratch.weight_f32.data();
+#pragma omp parallel for schedule(static) num_threads(g_threads)
+    for (int64_t o = 0; o < w.n_out; ++o) gguf::dequantize(w.type, w.row(o), dst + o * w.n_in, w.n_in);
+    wf = dst;
+  }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(n_rows),
+              static_cast<blasint>(w.n_out), static_cast<blasint>(w.n_in), 1.0f, x,
+              static_cast<blasint>(w.n_in), wf, static_cast<blasint>(w.n_in), 0.0f, y,
+              static_cast<blasint>(w.n_out));
+}
+
+void set_compute_threads(int n_threads) {
+  g_threads = n_threads > 0 ? n_threads : omp_get_num_procs();
+  omp_set_num_threads(g_threads);
+  openblas_set_num_threads(g_threads);
+}
+
+int compute_threads() { return g_threads; }
+
+}  // namespace kvgate

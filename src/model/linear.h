@@ -1,0 +1,50 @@
+// Matrix products against (possibly quantized) weight matrices: the one interface the forward
+// pass uses, so faster kernels can replace the inside without touching the model.
+//
+// Two paths: few rows (decode) use dot-product kernels that dequantize on the fly and keep
+// activations in f32; many rows (prefill) dequantize the weight into a scratch f32 buffer and
+// call BLAS sgemm. Both are checked against a scalar reference in tests/model_test_linear.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "gguf/gguf.h"
+
+namespace kvgate {
+
+// A weight matrix W [n_out, n_in] stored as n_out rows of n_in elements (GGUF ne = {n_in, n_out}).
+struct linear {
+  gguf::tensor_type type = gguf::tensor_type::f32;
+  const uint8_t* data = nullptr;  // [n_out][row_bytes]
+  int64_t n_in = 0;
+  int64_t n_out = 0;
+  size_t row_bytes = 0;
+
+  static linear from_tensor(const gguf::tensor_info& t);
+  const uint8_t* row(int64_t i) const { return data + static_cast<size_t>(i) * row_bytes; }
+};
+
+// Reusable memory for linear_forward (the f32 copy of a weight on the sgemm path).
+struct linear_scratch {
+  std::vector<float> weight_f32;  // [n_out, n_in] of the last weight dequantized
+};
+
+// Row count from which the sgemm path is taken.
+inline constexpr int64_t k_sgemm_min_rows = 8;
+
+// y[n_rows, n_out] = x[n_rows, n_in] * W^T. Uses the OpenMP thread count of the caller's team.
+void linear_forward(const linear& w, const float* x, float* y, int64_t n_rows, linear_scratch& scratch);
+
+// Dot product of row i of W with x[n_in] (the decode kernel, exposed for tests and benchmarks).
+float linear_row_dot(const linear& w, int64_t i, const float* x);
+
+// The obvious reference: dequantize the row, multiply-add in double.
+double linear_row_dot_reference(const linear& w, int64_t i, const float* x);
+
+// Sets the thread count used by OpenMP regions and by BLAS.
+void set_compute_threads(int n_threads);
+int compute_threads();
+
+}  // namespace kvgate

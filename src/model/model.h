@@ -1,0 +1,113 @@
+// A loaded model (config, weight views into the mapped GGUF, tokenizer) and a session that runs
+// it: prefill in chunks and single-token decode over a per-head KV cache.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "gguf/gguf.h"
+#include "kv/cache.h"
+#include "model/config.h"
+#include "model/linear.h"
+#include "model/observer.h"
+#include "tokenizer/tokenizer.h"
+
+namespace kvgate {
+
+struct layer_weights {
+  std::vector<float> attn_norm;      // [n_embd]
+  linear wq, wk, wv, wo;             // q: [n_head*d_head, n_embd], k/v: [n_kv_head*d_head, n_embd]
+  std::vector<float> bq, bk, bv;     // qwen2 biases, empty otherwise
+  std::vector<float> q_norm, k_norm; // qwen3 per-head norms [d_head], empty otherwise
+  std::vector<float> ffn_norm;       // [n_embd]
+  linear w_gate, w_up, w_down;       // gate/up: [n_ff, n_embd], down: [n_embd, n_ff]
+};
+
+class model {
+ public:
+  // Opens and validates the file: architecture, sizes, every tensor's presence, type and shape.
+  static std::unique_ptr<model> load(const std::string& path);
+
+  const model_config& config() const { return config_; }
+  const tokenizer& vocab() const { return *tokenizer_; }
+  const gguf::file& file() const { return *file_; }
+  const layer_weights& layer(int il) const { return layers_[il]; }
+  const linear& token_embd() const { return token_embd_; }
+  const linear& output() const { return output_; }
+  const std::vector<float>& output_norm() const { return output_norm_; }
+
+ private:
+  model() = default;
+  std::unique_ptr<gguf::file> file_;
+  std::unique_ptr<tokenizer> tokenizer_;
+  model_config config_;
+  linear token_embd_;                // [n_vocab, n_embd]
+  linear output_;                    // [n_vocab, n_embd], token_embd when tied
+  std::vector<float> output_norm_;   // [n_embd]
+  std::vector<layer_weights> layers_;
+};
+
+enum class logits_mode { none, last, all };
+
+struct session_options {
+  int n_ctx = 0;       // positions this session may reach; 0 = the model's trained context
+  int n_batch = 256;   // prefill chunk size
+};
+
+class session {
+ public:
+  session(const model& m, session_options options);
+  ~session();
+
+  // One engine step: runs tokens at positions n_past()..n_past()+n-1 (n <= n_batch is not
+  // required; the caller decides chunking), appends their keys/values, calls the observer per
+  // layer and the step hook once. Returns logits: nothing, [n_vocab] for the last token, or
+  // [n, n_vocab]. Throws error when the context would overflow or a token id is out of range.
+  std::span<const float> step(std::span<const int32_t> tokens, logits_mode mode);
+
+  // Prefill: steps over tokens in chunks of n_batch; returns the last token's logits.
+  std::span<const float> prefill(std::span<const int32_t> tokens);
+
+  void reset();  // empty cache, position 0
+  int n_past() const { return n_past_; }
+  int n_ctx() const { return n_ctx_; }
+  kv_cache& cache() { return cache_; }
+  const kv_cache& cache() const { return cache_; }
+  const model& get_model() const { return model_; }
+  void set_observer(observer* obs) { observer_ = obs; }
+  void set_step_hook(step_hook* hook) { hook_ = hook; }
+  // Accumulate attention received into each slot's attn_sum (for accumulated-attention policies).
+  void set_track_attention(bool on) { track_attention_ = on; }
+
+ private:
+  void forward_layer(int il, int n_tok, const int32_t* pos);
+  void attention(int il, int n_tok, const int32_t* pos);
+
+  const model& model_;
+  int n_ctx_;
+  int n_batch_;
+  int n_past_ = 0;
+  kv_cache cache_;
+  observer* observer_ = nullptr;
+  step_hook* hook_ = nullptr;
+  bool track_attention_ = false;
+
+  // Activations of the current step (n = tokens in the step).
+  std::vector<float> x_;       // [n, n_embd] residual stream
+  std::vector<float> xn_;      // [n, n_embd] normed
+  std::vector<float> q_;       // [n, n_head, d_head]
+  std::vector<float> k_;       // [n, n_kv_head, d_head]
+  std::vector<float> k_pre_;   // [n, n_kv_head, d_head] copy before RoPE (observer only)
+  std::vector<float> v_;       // [n, n_kv_head, d_head]
+  std::vector<float> attn_out_;// [n, n_head, d_head]
+  std::vector<float> gate_;    // [n, n_ff]
+  std::vector<float> up_;      // [n, n_ff]
+  std::vector<float> logits_;  // [n or 1, n_vocab]
+  std::vector<std::vector<float>> attn_weights_;  // [n_head][n, n_slots] for the observer
+  linear_scratch scratch_;
+};
+
+}  // namespace kvgate

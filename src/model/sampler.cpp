@@ -1,0 +1,52 @@
+#include "model/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "common/error.h"
+
+namespace kvgate {
+
+int32_t argmax(std::span<const float> logits) {
+  if (logits.empty()) fail("argmax of empty logits");
+  return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+}
+
+sampler::sampler(sampler_params params) : params_(params), rng_(params.seed) {}
+
+int32_t sampler::sample(std::span<const float> logits) {
+  if (params_.temperature <= 0.0f) return argmax(logits);
+  candidates_.clear();
+  for (size_t i = 0; i < logits.size(); ++i) candidates_.emplace_back(logits[i], static_cast<int32_t>(i));
+  auto by_logit = [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); };
+  size_t n = candidates_.size();
+  if (params_.top_k > 0 && static_cast<size_t>(params_.top_k) < n) {
+    n = params_.top_k;
+    std::partial_sort(candidates_.begin(), candidates_.begin() + n, candidates_.end(), by_logit);
+  } else {
+    std::sort(candidates_.begin(), candidates_.end(), by_logit);
+  }
+  // Softmax at the temperature over the top-k, in double for a stable nucleus cut.
+  std::vector<double> probs(n);
+  const double max_logit = candidates_[0].first;
+  double sum = 0.0;
+  for (size_t i = 0; i < n; ++i) {
+    probs[i] = std::exp((candidates_[i].first - max_logit) / params_.temperature);
+    sum += probs[i];
+  }
+  size_t keep = n;
+  if (params_.top_p < 1.0f) {
+    double cum = 0.0;
+    for (size_t i = 0; i < n; ++i) {
+      cum += probs[i] / sum;
+      if (cum >= params_.top_p) {
+        keep = i + 1;
+        break;
+      }
+    }
+  }
+  std::discrete_distribution<size_t> pick(probs.begin(), probs.begin() + keep);
+  return candidates_[pick(rng_)].second;
+}
+
+}  // namespace kvgate
