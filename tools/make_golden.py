@@ -1,22 +1,26 @@
 #!/usr/bin/env python3
-"""Record golden logits from llama.cpp (through llama-cpp-python) for a GGUF model.
+"""Record golden logits for a GGUF model, from llama.cpp or from an exact numpy forward pass.
 
-Run by hand, not in CI:
+Run by hand, not in CI (use the interpreter that has llama-cpp-python, numpy and gguf):
 
-    /opt/kvref/bin/python tools/make_golden.py MODEL.gguf OUT.json [--cases prose,code,...]
-        [--n-greedy 32] [--top-k 20] [--crosscheck]
+    /opt/kvref/bin/python tools/make_golden.py MODEL.gguf OUT.json [--cases prose,code,chat,unicode]
+        [--n-greedy 32] [--top-k 20] [--reference llama|numpy] [--crosscheck]
 
-For each prompt case it records the token ids (no BOS is added), the top-k (id, logit) pairs of
-every prompt position, and a greedy (argmax) continuation evaluated token by token, with the top-k
-pairs of the distribution that produced each greedy token. So greedy_top[k] is the distribution
-whose argmax is greedy[k], and greedy_top[0] equals prompt_top[-1].
+For each prompt case it records the token ids (llama.cpp's tokenizer, no BOS added), the top-k
+(id, logit) pairs of every prompt position, and a greedy (argmax) continuation evaluated token by
+token, with the top-k pairs of the distribution that produced each greedy token: greedy_top[k] is
+the distribution whose argmax is greedy[k], so greedy_top[0] equals prompt_top[-1].
 
---crosscheck also runs an independent float64 numpy forward pass (llama / qwen2 / qwen3 only),
-dequantizing the weights with the `gguf` package, and records how far llama.cpp's logits are from
-it. llama.cpp quantizes activations to 8 bits for quantized matrix products, so it is not an exact
-reference; the crosscheck tells the C++ tests how much slack that costs.
+--reference llama (default): logits from llama.cpp through llama-cpp-python (CPU, 2 threads,
+    flash attention off, F32 KV cache, whole prompt in one batch).
+--reference numpy: logits from an independent float64 numpy forward pass (llama / qwen2 / qwen3)
+    over weights dequantized by the `gguf` package. llama.cpp quantizes the activations to 8 bits
+    before quantized matrix products, so on a quantized model its logits sit measurably off the
+    exact ones; the numpy reference is the exact math of the dequantized weights.
+--crosscheck: also run the other forward pass teacher-forced on the recorded sequence and store
+    how far apart the two are (max / rms absolute difference, argmax agreement).
 
-Output format (extra keys "settings", "stats", "crosscheck" are informative):
+Output (keys "settings", "stats", "crosscheck" are informative extras):
 {"generator", "model_file", "model_sha256", "settings", "cases": [{"name", "prompt", "special",
  "tokens", "prompt_top", "greedy", "greedy_top", "stats", ["crosscheck"]}]}
 """
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.metadata
 import json
 import os
 import sys
@@ -58,6 +63,11 @@ CASES = {
     "unicode": (
         "Order #40213 shipped on 2024-03-17: 3 x café crème at €4.50, 12 naïve résumés, "
         "数学 and 東京, Ελληνικά, привет мир 🙂 — total 1,234.56 (approx. 99.9%).",
+        False,
+    ),
+    "mixed": (
+        "In 1969, 3 astronauts flew 384,400 km to the Moon; naïve café owners in Zürich cheered "
+        "and Tokyo (東京) watched too.",
         False,
     ),
 }
@@ -107,30 +117,51 @@ def llama_settings(n_ctx: int, n_threads: int) -> dict:
     )
 
 
-def run_llama(model_path: str, cases: list, n_greedy: int, top_k: int, n_ctx: int, n_threads: int):
-    import llama_cpp
+class LlamaEngine:
+    """llama.cpp through llama-cpp-python: tokenizer and reference forward."""
 
-    settings = llama_settings(n_ctx, n_threads)
-    llm = llama_cpp.Llama(model_path=model_path, **settings)
+    def __init__(self, model_path: str, n_ctx: int, n_threads: int, vocab_only: bool = False):
+        import llama_cpp
+
+        self.settings = llama_settings(n_ctx, n_threads)
+        kw = dict(self.settings)
+        if vocab_only:
+            kw["vocab_only"] = True
+        self.llm = llama_cpp.Llama(model_path=model_path, **kw)
+
+    def tokenize(self, text: str, special: bool) -> list:
+        return [int(t) for t in self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)]
+
+    def detokenize(self, toks: list) -> str:
+        return self.llm.detokenize(toks).decode("utf-8", errors="replace")
+
+    def reset(self):
+        self.llm.reset()
+
+    def forward(self, tokens: list) -> np.ndarray:
+        n0 = self.llm.n_tokens
+        self.llm.eval(tokens)  # a prompt is one batch: n_batch == n_ctx
+        return np.array(self.llm.scores[n0 : n0 + len(tokens)], dtype=np.float32)
+
+
+def run_cases(tok: LlamaEngine, eng, cases: list, n_greedy: int, top_k: int, n_ctx: int) -> list:
     out = []
     for name in cases:
         prompt, special = CASES[name]
-        tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=special)
+        tokens = tok.tokenize(prompt, special)
         if len(tokens) + n_greedy > n_ctx:
             raise SystemExit(f"case {name}: {len(tokens)} tokens + {n_greedy} exceed n_ctx {n_ctx}")
-        llm.reset()
-        llm.eval(tokens)  # one batch: n_batch == n_ctx
-        all_logits = [np.array(llm.scores[i], dtype=np.float32) for i in range(len(tokens))]
+        eng.reset()
+        all_logits = list(eng.forward(tokens))
         prompt_top = [top_pairs(l, top_k) for l in all_logits]
         greedy, greedy_top = [], []
         last = all_logits[-1]
         for step in range(n_greedy):
-            tok = int(np.argmax(last))
-            greedy.append(tok)
+            t = int(np.argmax(last))  # first index on ties, like std::max_element
+            greedy.append(t)
             greedy_top.append(top_pairs(last, top_k))
             if step + 1 < n_greedy:
-                llm.eval([tok])
-                last = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+                last = eng.forward([t])[0]
                 all_logits.append(last)
         # all_logits: one row per evaluated position (prompt + greedy[:-1]).
         seq = tokens + greedy[:-1]
@@ -147,13 +178,13 @@ def run_llama(model_path: str, cases: list, n_greedy: int, top_k: int, n_ctx: in
             "min_top2_gap_prompt": float(min(gaps_prompt)),
             "min_top2_gap_greedy": float(min(gaps_greedy)),
             "greedy_top2_gaps": [round(g, 5) for g in gaps_greedy],
-            "greedy_text": llm.detokenize(greedy).decode("utf-8", errors="replace"),
+            "greedy_text": tok.detokenize(greedy),
         }
         out.append({
             "name": name,
             "prompt": prompt,
             "special": special,
-            "tokens": [int(t) for t in tokens],
+            "tokens": tokens,
             "prompt_top": prompt_top,
             "greedy": greedy,
             "greedy_top": greedy_top,
@@ -161,10 +192,7 @@ def run_llama(model_path: str, cases: list, n_greedy: int, top_k: int, n_ctx: in
             "_seq": seq,
             "_logits": all_logits,
         })
-    settings = {k: v for k, v in settings.items() if k != "verbose"}
-    settings["type_k"] = settings["type_v"] = "f32"
-    settings["add_bos"] = False
-    return out, settings
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,6 +218,8 @@ class NumpyModel:
         self.base = self._f(f"{a}.rope.freq_base", 10000.0)
         self.n_rot = self._i(f"{a}.rope.dimension_count", self.d_head)
         self.neox = a in ("qwen2", "qwen3")
+        self._cache = {}
+        self.reset()
         if a not in ("llama", "qwen2", "qwen3"):
             raise SystemExit(f"crosscheck: unsupported architecture {a}")
 
@@ -208,40 +238,49 @@ class NumpyModel:
         return default if fld is None else float(fld.contents())
 
     def w(self, name: str) -> np.ndarray | None:
+        if name in self._cache:
+            return self._cache[name]
         t = self.t.get(name)
-        if t is None:
-            return None
-        from gguf import quants
+        arr = None
+        if t is not None:
+            from gguf import quants
 
-        arr = quants.dequantize(t.data, t.tensor_type)
-        return np.asarray(arr, dtype=np.float64).reshape([int(x) for x in reversed(t.shape)])
+            arr = quants.dequantize(t.data, t.tensor_type)
+            arr = np.asarray(arr, dtype=np.float64).reshape([int(x) for x in reversed(t.shape)])
+        self._cache[name] = arr
+        return arr
 
     def rms(self, x, wt):
         return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps) * wt
 
     def rope(self, x, pos):
-        # x: [T, H, D]
+        # x: [T, H, D]; pos: [T]
         d = self.n_rot
         inv = self.base ** (-np.arange(0, d, 2, dtype=np.float64) / d)  # [d/2]
         ang = pos[:, None].astype(np.float64) * inv[None, :]  # [T, d/2]
         c, s = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
         y = x.copy()
-        if self.neox:
+        if self.neox:  # pair i with i + d/2
             a, b = x[..., : d // 2], x[..., d // 2 : d]
             y[..., : d // 2] = a * c - b * s
             y[..., d // 2 : d] = a * s + b * c
-        else:
+        else:  # pair 2i with 2i+1
             a, b = x[..., 0:d:2], x[..., 1:d:2]
             y[..., 0:d:2] = a * c - b * s
             y[..., 1:d:2] = a * s + b * c
         return y
 
-    def logits(self, tokens: list) -> np.ndarray:
-        T = len(tokens)
+    def reset(self):
+        self.kv = [None] * self.n_layer  # per layer (K [T, n_kv, D], V [T, n_kv, D])
+        self.n_past = 0
+
+    def forward(self, tokens: list) -> np.ndarray:
+        """Evaluate new tokens after the cached ones; returns logits [len(tokens), vocab]."""
+        T, P = len(tokens), self.n_past
         emb = self.w("token_embd.weight")
         x = emb[np.asarray(tokens)]
-        pos = np.arange(T)
-        mask = np.triu(np.full((T, T), -np.inf), 1)
+        pos = np.arange(P, P + T)
+        mask = np.triu(np.full((T, P + T), -np.inf), P + 1)
         D, H, K = self.d_head, self.n_head, self.n_kv
         for l in range(self.n_layer):
             p = f"blk.{l}."
@@ -260,6 +299,10 @@ class NumpyModel:
             if kn is not None:
                 k = self.rms(k, kn)
             q, k = self.rope(q, pos), self.rope(k, pos)
+            if self.kv[l] is not None:
+                k = np.concatenate([self.kv[l][0], k])
+                v = np.concatenate([self.kv[l][1], v])
+            self.kv[l] = (k, v)
             att = np.empty((T, H, D))
             for g in range(H):
                 kh = g // (H // K)
@@ -272,28 +315,35 @@ class NumpyModel:
             gt = h @ self.w(p + "ffn_gate.weight").T
             up = h @ self.w(p + "ffn_up.weight").T
             x = x + (gt / (1.0 + np.exp(-gt)) * up) @ self.w(p + "ffn_down.weight").T
+        self.n_past += T
         h = self.rms(x, self.w("output_norm.weight"))
         out = self.w("output.weight")
         return h @ (emb if out is None else out).T
 
 
-def crosscheck(model_path: str, cases: list) -> None:
-    nm = NumpyModel(model_path)
+def crosscheck(other, other_name: str, cases: list) -> None:
+    """Teacher-forced comparison of the recorded sequence against another engine."""
     for c in cases:
-        ref = nm.logits(c["_seq"])
+        other.reset()
+        ref = np.asarray(other.forward(c["_seq"]), dtype=np.float64)
         got = np.stack(c["_logits"]).astype(np.float64)
         diff = np.abs(ref - got)
         top_agree = int(np.sum(ref.argmax(axis=1) == got.argmax(axis=1)))
         rel = diff.max(axis=1) / np.maximum(np.abs(ref).max(axis=1), 1e-9)
+        top = np.argsort(-got, axis=1, kind="stable")[:, :20]
+        d20 = np.take_along_axis(diff, top, axis=1)
         c["crosscheck"] = {
-            "reference": "numpy float64 forward, weights dequantized by gguf-py",
+            "other": other_name,
             "positions": len(c["_seq"]),
             "max_abs_diff": float(diff.max()),
             "rms_diff": float(np.sqrt(np.mean(diff ** 2))),
             "max_rel_diff_per_row": float(rel.max()),
+            "max_abs_diff_top20": float(d20.max()),
+            "rms_diff_top20": float(np.sqrt(np.mean(d20 ** 2))),
             "argmax_agree": top_agree,
         }
         print(f"  crosscheck {c['name']}: max|d|={diff.max():.4g} rms={np.sqrt(np.mean(diff**2)):.3g} "
+              f"top20: max|d|={d20.max():.4g} rms={np.sqrt(np.mean(d20**2)):.3g} "
               f"argmax agree {top_agree}/{len(c['_seq'])}", file=sys.stderr)
 
 
@@ -342,7 +392,11 @@ def main(argv=None) -> int:
     ap.add_argument("--top-k", type=int, default=20)
     ap.add_argument("--n-ctx", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--crosscheck", action="store_true", help="compare with a numpy float64 forward")
+    ap.add_argument("--reference", choices=["llama", "numpy"], default="llama",
+                    help="which forward pass produces the logits (tokens always come from llama.cpp)")
+    ap.add_argument("--crosscheck", action="store_true",
+                    help="also run the other forward pass teacher-forced on the recorded sequence "
+                         "and record how far apart the two are")
     args = ap.parse_args(argv)
 
     import llama_cpp
@@ -352,7 +406,16 @@ def main(argv=None) -> int:
         if n not in CASES:
             raise SystemExit(f"unknown case {n}; known: {sorted(CASES)}")
     t0 = time.time()
-    cases, settings = run_llama(args.model, names, args.n_greedy, args.top_k, args.n_ctx, args.threads)
+    numpy_name = (f"numpy {np.__version__} float64 forward (tools/make_golden.py), weights dequantized "
+                  f"by gguf-py {importlib.metadata.version('gguf')}")
+    llama_name = f"llama-cpp-python {llama_cpp.__version__} (llama.cpp CPU, tools/make_golden.py)"
+    if args.reference == "llama":
+        main_eng = LlamaEngine(args.model, args.n_ctx, args.threads)
+        tok, main_name = main_eng, llama_name
+    else:
+        tok = LlamaEngine(args.model, args.n_ctx, args.threads, vocab_only=not args.crosscheck)
+        main_eng, main_name = NumpyModel(args.model), numpy_name
+    cases = run_cases(tok, main_eng, names, args.n_greedy, args.top_k, args.n_ctx)
     for c in cases:
         s = c["stats"]
         print(f"  {c['name']}: {len(c['tokens'])} tokens, max|logit| {s['max_abs_logit']:.2f}, "
@@ -360,15 +423,23 @@ def main(argv=None) -> int:
               f"min top2 gap greedy {s['min_top2_gap_greedy']:.4f}; greedy: {s['greedy_text']!r}",
               file=sys.stderr)
     if args.crosscheck:
-        crosscheck(args.model, cases)
+        if args.reference == "llama":
+            crosscheck(NumpyModel(args.model), numpy_name, cases)
+        else:
+            crosscheck(tok, llama_name, cases)
     for c in cases:
         del c["_seq"], c["_logits"]
+    settings = {k: v for k, v in tok.settings.items() if k != "verbose"}
+    settings["type_k"] = settings["type_v"] = "f32"
+    settings["add_bos"] = False
+    settings.update(reference=args.reference, n_greedy=args.n_greedy, top_k=args.top_k,
+                    tokenizer=llama_name,
+                    system_info=llama_cpp.llama_print_system_info().decode().strip())
     doc = {
-        "generator": f"llama-cpp-python {llama_cpp.__version__} (tools/make_golden.py)",
+        "generator": main_name,
         "model_file": os.path.basename(args.model),
         "model_sha256": sha256_file(args.model),
-        "settings": dict(settings, n_greedy=args.n_greedy, top_k=args.top_k,
-                         system_info=llama_cpp.llama_print_system_info().decode().strip()),
+        "settings": settings,
         "cases": cases,
     }
     dump(doc, args.out)

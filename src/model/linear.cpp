@@ -3,6 +3,8 @@
 #include <cblas.h>
 #include <omp.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
@@ -17,6 +19,26 @@ using gguf::tensor_type;
 namespace {
 
 int g_threads = 1;
+bool g_blas_threads_set = false;
+
+// BLAS starts with one thread per core; until set_compute_threads says otherwise, follow g_threads
+// so library users (and tests run in parallel) do not oversubscribe the machine.
+void ensure_blas_threads() {
+  if (!g_blas_threads_set) {
+    openblas_set_num_threads(g_threads);
+    g_blas_threads_set = true;
+  }
+}
+
+// f16 scale to f32: one instruction with F16C (a function call per block costs more than the
+// block's arithmetic).
+inline float fp16(uint16_t h) {
+#ifdef KVGATE_AVX2
+  return _cvtsh_ss(h);
+#else
+  return gguf::f16_to_f32(h);
+#endif
+}
 
 // Block layouts (FACTS.md): f16 scale(s) then packed quants.
 struct block_q4_0 { uint16_t d; uint8_t qs[16]; };
@@ -59,8 +81,8 @@ float dot_q4_1(const block_q4_1* b, const float* x, int64_t n) {
 #ifdef KVGATE_AVX2
   __m256 acc = _mm256_setzero_ps();
   for (int64_t i = 0; i < nb; ++i, x += 32) {
-    const __m256 d = _mm256_set1_ps(gguf::f16_to_f32(b[i].d));
-    const __m256 m = _mm256_set1_ps(gguf::f16_to_f32(b[i].m));
+    const __m256 d = _mm256_set1_ps(fp16(b[i].d));
+    const __m256 m = _mm256_set1_ps(fp16(b[i].m));
     acc = _mm256_fmadd_ps(d, nibble_dot(b[i].qs, x), acc);
     acc = _mm256_fmadd_ps(m, sum32(x), acc);
   }
@@ -68,7 +90,7 @@ float dot_q4_1(const block_q4_1* b, const float* x, int64_t n) {
 #else
   float acc = 0.0f;
   for (int64_t i = 0; i < nb; ++i, x += 32) {
-    const float d = gguf::f16_to_f32(b[i].d), m = gguf::f16_to_f32(b[i].m);
+    const float d = fp16(b[i].d), m = fp16(b[i].m);
     for (int j = 0; j < 16; ++j) {
       acc += (d * (b[i].qs[j] & 0x0F) + m) * x[j] + (d * (b[i].qs[j] >> 4) + m) * x[j + 16];
     }
@@ -83,7 +105,7 @@ float dot_q4_0(const block_q4_0* b, const float* x, int64_t n) {
 #ifdef KVGATE_AVX2
   __m256 acc = _mm256_setzero_ps();
   for (int64_t i = 0; i < nb; ++i, x += 32) {
-    const float d = gguf::f16_to_f32(b[i].d);
+    const float d = fp16(b[i].d);
     acc = _mm256_fmadd_ps(_mm256_set1_ps(d), nibble_dot(b[i].qs, x), acc);
     acc = _mm256_fmadd_ps(_mm256_set1_ps(-8.0f * d), sum32(x), acc);
   }
@@ -91,7 +113,7 @@ float dot_q4_0(const block_q4_0* b, const float* x, int64_t n) {
 #else
   float acc = 0.0f;
   for (int64_t i = 0; i < nb; ++i, x += 32) {
-    const float d = gguf::f16_to_f32(b[i].d);
+    const float d = fp16(b[i].d);
     for (int j = 0; j < 16; ++j) {
       acc += d * ((b[i].qs[j] & 0x0F) - 8) * x[j] + d * ((b[i].qs[j] >> 4) - 8) * x[j + 16];
     }
@@ -110,13 +132,13 @@ float dot_q8_0(const block_q8_0* b, const float* x, int64_t n) {
       const __m128i q8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b[i].qs + 8 * k));
       s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8)), _mm256_loadu_ps(x + 8 * k), s);
     }
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(gguf::f16_to_f32(b[i].d)), s, acc);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16(b[i].d)), s, acc);
   }
   return hsum(acc);
 #else
   float acc = 0.0f;
   for (int64_t i = 0; i < nb; ++i, x += 32) {
-    const float d = gguf::f16_to_f32(b[i].d);
+    const float d = fp16(b[i].d);
     for (int j = 0; j < 32; ++j) acc += d * b[i].qs[j] * x[j];
   }
   return acc;
@@ -158,6 +180,132 @@ float dot_generic(const linear& w, const uint8_t* row, const float* x) {
   return dot_f32(buf.data(), x, w.n_in);
 }
 
+// Activations quantized to 8 bits per block of 32, as the integer kernels want them: x ~= d * q.
+// sum = d * sum(q) serves the offset term of Q4_1 / Q4_0.
+struct q8_activations {
+  std::vector<float> d;    // [n_blocks]
+  std::vector<float> sum;  // [n_blocks]
+  std::vector<int8_t> q;   // [n_blocks * 32]
+};
+
+void quantize_activations(const float* x, int64_t n, q8_activations& out) {
+  const int64_t nb = n / 32;
+  out.d.resize(nb);
+  out.sum.resize(nb);
+  out.q.resize(n);
+  for (int64_t b = 0; b < nb; ++b) {
+    const float* xb = x + b * 32;
+    float amax = 0.0f;
+    for (int j = 0; j < 32; ++j) amax = std::max(amax, std::abs(xb[j]));
+    const float d = amax / 127.0f;
+    const float id = d > 0.0f ? 1.0f / d : 0.0f;
+    int sum = 0;
+    for (int j = 0; j < 32; ++j) {
+      const int v = static_cast<int>(std::nearbyint(xb[j] * id));
+      out.q[b * 32 + j] = static_cast<int8_t>(v);
+      sum += v;
+    }
+    out.d[b] = d;
+    out.sum[b] = d * sum;
+  }
+}
+
+#ifdef KVGATE_AVX2
+// 32 unsigned nibbles in element order: low nibbles (elements 0..15), then high (16..31).
+inline __m256i unpack_nibbles(const uint8_t* qs) {
+  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+  const __m128i mask = _mm_set1_epi8(0x0F);
+  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(bytes, 4), mask), _mm_and_si128(bytes, mask));
+}
+
+// sum over 32 lanes of u8 a * i8 b, as 8 int32 partial sums converted to float.
+inline __m256 dot_u8_i8(__m256i a, __m256i b) {
+  const __m256i pairs = _mm256_maddubs_epi16(a, b);  // |15*127*2| fits int16; |127*127*2| too
+  return _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+}
+#endif
+
+// Integer-dot kernels: weight blocks against q8 activations.
+float dot_q4_1_q8(const block_q4_1* b, const q8_activations& x, int64_t nb) {
+#ifdef KVGATE_AVX2
+  __m256 acc = _mm256_setzero_ps();
+  float offset = 0.0f;
+  for (int64_t i = 0; i < nb; ++i) {
+    const __m256i qx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q.data() + i * 32));
+    const float d = fp16(b[i].d);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d[i]), dot_u8_i8(unpack_nibbles(b[i].qs), qx), acc);
+    offset += fp16(b[i].m) * x.sum[i];
+  }
+  return hsum(acc) + offset;
+#else
+  float acc = 0.0f;
+  for (int64_t i = 0; i < nb; ++i) {
+    int s = 0;
+    for (int j = 0; j < 16; ++j) s += (b[i].qs[j] & 0x0F) * x.q[i * 32 + j] + (b[i].qs[j] >> 4) * x.q[i * 32 + j + 16];
+    acc += fp16(b[i].d) * x.d[i] * s + fp16(b[i].m) * x.sum[i];
+  }
+  return acc;
+#endif
+}
+
+float dot_q4_0_q8(const block_q4_0* b, const q8_activations& x, int64_t nb) {
+#ifdef KVGATE_AVX2
+  __m256 acc = _mm256_setzero_ps();
+  float offset = 0.0f;
+  for (int64_t i = 0; i < nb; ++i) {
+    const __m256i qx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q.data() + i * 32));
+    const float d = fp16(b[i].d);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d[i]), dot_u8_i8(unpack_nibbles(b[i].qs), qx), acc);
+    offset -= 8.0f * d * x.sum[i];
+  }
+  return hsum(acc) + offset;
+#else
+  float acc = 0.0f;
+  for (int64_t i = 0; i < nb; ++i) {
+    int s = 0;
+    for (int j = 0; j < 16; ++j) s += ((b[i].qs[j] & 0x0F) - 8) * x.q[i * 32 + j] + ((b[i].qs[j] >> 4) - 8) * x.q[i * 32 + j + 16];
+    acc += fp16(b[i].d) * x.d[i] * s;
+  }
+  return acc;
+#endif
+}
+
+float dot_q8_0_q8(const block_q8_0* b, const q8_activations& x, int64_t nb) {
+#ifdef KVGATE_AVX2
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    const __m256i qw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[i].qs));
+    const __m256i qx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q.data() + i * 32));
+    // maddubs wants one unsigned operand: move the weight's sign onto the activation.
+    const __m256 s = dot_u8_i8(_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qx, qw));
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16(b[i].d) * x.d[i]), s, acc);
+  }
+  return hsum(acc);
+#else
+  float acc = 0.0f;
+  for (int64_t i = 0; i < nb; ++i) {
+    int s = 0;
+    for (int j = 0; j < 32; ++j) s += b[i].qs[j] * x.q[i * 32 + j];
+    acc += fp16(b[i].d) * x.d[i] * s;
+  }
+  return acc;
+#endif
+}
+
+bool has_integer_kernel(tensor_type type) {
+  return type == tensor_type::q4_1 || type == tensor_type::q4_0 || type == tensor_type::q8_0;
+}
+
+float row_dot_q8(const linear& w, int64_t i, const q8_activations& x) {
+  const uint8_t* row = w.row(i);
+  const int64_t nb = w.n_in / 32;
+  switch (w.type) {
+    case tensor_type::q4_1: return dot_q4_1_q8(reinterpret_cast<const block_q4_1*>(row), x, nb);
+    case tensor_type::q4_0: return dot_q4_0_q8(reinterpret_cast<const block_q4_0*>(row), x, nb);
+    default: return dot_q8_0_q8(reinterpret_cast<const block_q8_0*>(row), x, nb);
+  }
+}
+
 }  // namespace
 
 linear linear::from_tensor(const gguf::tensor_info& t) {
@@ -192,8 +340,20 @@ double linear_row_dot_reference(const linear& w, int64_t i, const float* x) {
 }
 
 void linear_forward(const linear& w, const float* x, float* y, int64_t n_rows, linear_scratch& scratch) {
+  ensure_blas_threads();
+  const int64_t n_out = w.n_out;
+  if (n_rows < k_sgemm_min_rows && has_integer_kernel(w.type)) {
+    // Decode: activations to 8 bits once, then integer dot products (as llama.cpp does).
+    thread_local std::vector<q8_activations> xq;
+    xq.resize(n_rows);
+    for (int64_t r = 0; r < n_rows; ++r) quantize_activations(x + r * w.n_in, w.n_in, xq[r]);
+#pragma omp parallel for schedule(static) num_threads(g_threads)
+    for (int64_t o = 0; o < n_out; ++o) {
+      for (int64_t r = 0; r < n_rows; ++r) y[r * n_out + o] = row_dot_q8(w, o, xq[r]);
+    }
+    return;
+  }
   if (n_rows < k_sgemm_min_rows) {
-    const int64_t n_out = w.n_out;
 #pragma omp parallel for schedule(static) num_threads(g_threads)
     for (int64_t o = 0; o < n_out; ++o) {
       for (int64_t r = 0; r < n_rows; ++r) y[r * n_out + o] = linear_row_dot(w, o, x + r * w.n_in);
@@ -220,6 +380,7 @@ void set_compute_threads(int n_threads) {
   g_threads = n_threads > 0 ? n_threads : omp_get_num_procs();
   omp_set_num_threads(g_threads);
   openblas_set_num_threads(g_threads);
+  g_blas_threads_set = true;
 }
 
 int compute_threads() { return g_threads; }

@@ -1,0 +1,113 @@
+// kvgate generate: continue a prompt (optionally wrapped in the chat template) and stream the
+// continuation to stdout; a one-line JSON summary with speeds and KV memory goes to stderr.
+#include <nlohmann/json.hpp>
+
+#include "cli/common.h"
+#include "common/error.h"
+#include "model/model.h"
+#include "model/sampler.h"
+
+namespace kvgate::cli {
+
+void register_generate(CLI::App& app) {
+  auto* sub = app.add_subcommand("generate", "continue a prompt");
+  struct opts : model_options {
+    std::string prompt, prompt_file, system;
+    int n_predict = 128;
+    int n_ctx = 0;
+    int n_batch = 256;
+    bool chat = false;
+    bool ignore_eos = false;
+    sampler_params sampling;
+  };
+  auto o = std::make_shared<opts>();
+  add_model_options(*sub, *o);
+  auto* prompt = sub->add_option("--prompt,-p", o->prompt, "prompt text");
+  auto* prompt_file = sub->add_option("--prompt-file", o->prompt_file, "file holding the prompt");
+  prompt->excludes(prompt_file);
+  sub->add_option("-n,--n-predict", o->n_predict, "tokens to generate")->check(CLI::Range(0, 1 << 20));
+  sub->add_option("--temp", o->sampling.temperature, "temperature; 0 = greedy")->check(CLI::Range(0.0, 100.0));
+  sub->add_option("--top-k", o->sampling.top_k, "keep the k most likely tokens (0 = all)")->check(CLI::Range(0, 1 << 24));
+  sub->add_option("--top-p", o->sampling.top_p, "nucleus sampling threshold")->check(CLI::Range(0.0, 1.0));
+  sub->add_option("--seed", o->sampling.seed, "random seed for sampling");
+  sub->add_flag("--chat", o->chat, "wrap the prompt in the model's chat template");
+  sub->add_option("--system", o->system, "system message for --chat (default: the model's own)");
+  sub->add_flag("--ignore-eos", o->ignore_eos, "keep generating past end-of-generation tokens");
+  sub->add_option("--ctx", o->n_ctx, "context size (default: the model's)")->check(CLI::Range(0, 1 << 24));
+  sub->add_option("--batch", o->n_batch, "prefill chunk size")->check(CLI::Range(1, 1 << 16));
+
+  sub->callback([o, prompt_file] {
+    const std::string text = prompt_file->count() ? read_text_file(o->prompt_file) : o->prompt;
+    if (text.empty()) fail("empty prompt: give --prompt TEXT or a non-empty --prompt-file");
+    apply_threads(*o);
+    auto m = model::load(resolve_model_path(*o));
+    const tokenizer& vocab = m->vocab();
+
+    std::vector<int32_t> tokens;
+    if (o->chat) {
+      std::vector<chat_message> messages;
+      if (!o->system.empty()) messages.push_back({"system", o->system});
+      messages.push_back({"user", text});
+      tokens = vocab.encode(vocab.apply_chat(messages, true), true);
+    } else {
+      tokens = vocab.encode(text, false);
+    }
+    if (tokens.empty()) fail("the prompt tokenizes to nothing");
+
+    session s(*m, {.n_ctx = o->n_ctx, .n_batch = o->n_batch});
+    if (static_cast<int64_t>(tokens.size()) >= s.n_ctx()) {
+      fail("prompt of {} tokens does not fit the context of {} tokens (leave room for at least one "
+           "generated token, or raise --ctx)", tokens.size(), s.n_ctx());
+    }
+
+    stopwatch prefill_clock;
+    std::vector<float> logits;
+    {
+      auto last = s.prefill(tokens);
+      logits.assign(last.begin(), last.end());
+    }
+    const double prefill_s = prefill_clock.seconds();
+
+    sampler pick(o->sampling);
+    stopwatch decode_clock;
+    int n_decoded = 0;
+    std::string stop = "length";
+    for (int i = 0; i < o->n_predict; ++i) {
+      const int32_t id = pick.sample(logits);
+      if (!o->ignore_eos && vocab.is_end_of_generation(id)) {
+        stop = "eos";
+        break;
+      }
+      const std::string piece = vocab.token_bytes(id);
+      std::fwrite(piece.data(), 1, piece.size(), stdout);
+      std::fflush(stdout);
+      ++n_decoded;
+      if (i + 1 == o->n_predict) break;
+      if (s.n_past() >= s.n_ctx()) {
+        stop = "context";
+        break;
+      }
+      auto next = s.step(std::span<const int32_t>(&id, 1), logits_mode::last);
+      logits.assign(next.begin(), next.end());
+    }
+    const double decode_s = decode_clock.seconds();
+    std::printf("\n");
+
+    nlohmann::ordered_json summary = {
+        {"prompt_tokens", tokens.size()},
+        {"prefill_s", prefill_s},
+        {"prefill_tok_s", tokens.size() / std::max(prefill_s, 1e-9)},
+        {"decode_tokens", n_decoded},
+        {"decode_s", decode_s},
+        {"decode_tok_s", n_decoded / std::max(decode_s, 1e-9)},
+        {"stop", stop},
+        {"kv_slots", s.cache().n_live_total()},
+        {"kv_bytes", s.cache().bytes_total()},
+        {"threads", compute_threads()},
+        {"peak_rss_mb", peak_rss_mb()},
+    };
+    std::fprintf(stderr, "kvgate: %s\n", summary.dump().c_str());
+  });
+}
+
+}  // namespace kvgate::cli

@@ -1,0 +1,95 @@
+// kvgate perplexity: the file's ids cut into consecutive windows of --ctx tokens (last partial
+// window dropped), each run from an empty cache; the mean negative log-likelihood of tokens
+// 1..N-1 of every window, ppl = exp(mean).
+#include <cmath>
+#include <nlohmann/json.hpp>
+
+#include "cli/common.h"
+#include "common/error.h"
+#include "model/model.h"
+
+namespace kvgate::cli {
+
+namespace {
+
+// -log softmax(logits)[target], in double.
+double token_nll(std::span<const float> logits, int32_t target) {
+  double max_logit = logits[0];
+  for (float l : logits) max_logit = std::max<double>(max_logit, l);
+  double sum = 0.0;
+  for (float l : logits) sum += std::exp(l - max_logit);
+  return std::log(sum) + max_logit - logits[target];
+}
+
+}  // namespace
+
+void register_perplexity(CLI::App& app) {
+  auto* sub = app.add_subcommand("perplexity", "perplexity of a text file in windows of --ctx tokens");
+  struct opts : model_options {
+    std::string file;
+    int n_ctx = 1024;
+    int n_batch = 256;
+    int max_windows = 0;
+  };
+  auto o = std::make_shared<opts>();
+  add_model_options(*sub, *o);
+  sub->add_option("--file,-f", o->file, "text file")->required();
+  sub->add_option("--ctx", o->n_ctx, "window length in tokens")->check(CLI::Range(2, 1 << 24));
+  sub->add_option("--batch", o->n_batch, "prefill chunk size")->check(CLI::Range(1, 1 << 16));
+  sub->add_option("--max-windows", o->max_windows, "stop after this many windows (0 = all)")->check(CLI::Range(0, 1 << 30));
+
+  sub->callback([o] {
+    const std::string text = read_text_file(o->file);
+    apply_threads(*o);
+    auto m = model::load(resolve_model_path(*o));
+    if (o->n_ctx > m->config().n_ctx_train) {
+      fail("--ctx {} exceeds the model's context length {}", o->n_ctx, m->config().n_ctx_train);
+    }
+    const std::vector<int32_t> ids = m->vocab().encode(text, false);
+    int64_t n_windows = static_cast<int64_t>(ids.size()) / o->n_ctx;
+    if (n_windows == 0) {
+      fail("{} holds {} tokens, fewer than one window of --ctx {}", o->file, ids.size(), o->n_ctx);
+    }
+    if (o->max_windows > 0) n_windows = std::min<int64_t>(n_windows, o->max_windows);
+
+    session s(*m, {.n_ctx = o->n_ctx, .n_batch = o->n_batch});
+    const int n_vocab = m->config().n_vocab;
+    double nll_sum = 0.0;
+    int64_t n_scored = 0;
+    stopwatch clock;
+    for (int64_t w = 0; w < n_windows; ++w) {
+      s.reset();
+      const int32_t* window = ids.data() + w * o->n_ctx;
+      for (int start = 0; start < o->n_ctx; start += o->n_batch) {
+        const int n = std::min(o->n_batch, o->n_ctx - start);
+        auto logits = s.step(std::span<const int32_t>(window + start, n), logits_mode::all);
+        for (int t = 0; t < n; ++t) {
+          const int target = start + t + 1;  // logits at position p predict token p + 1
+          if (target >= o->n_ctx) break;
+          nll_sum += token_nll(logits.subspan(static_cast<size_t>(t) * n_vocab, n_vocab), window[target]);
+          ++n_scored;
+        }
+      }
+      const double elapsed = clock.seconds();
+      const double done = static_cast<double>(w + 1) / n_windows;
+      std::fprintf(stderr, "\rperplexity: window %lld/%lld, %.0f tok/s, ppl so far %.4f, ETA %.0f s   ",
+                   static_cast<long long>(w + 1), static_cast<long long>(n_windows),
+                   (w + 1) * o->n_ctx / elapsed, std::exp(nll_sum / n_scored), elapsed / done - elapsed);
+    }
+    std::fprintf(stderr, "\n");
+    const double mean = nll_sum / n_scored;
+    nlohmann::ordered_json j = {
+        {"ppl", std::exp(mean)},
+        {"nll", mean},
+        {"n_tokens", n_scored},
+        {"n_windows", n_windows},
+        {"ctx", o->n_ctx},
+        {"file_tokens", ids.size()},
+        {"tok_s", n_windows * o->n_ctx / clock.seconds()},
+        {"kv_bytes_peak", s.cache().bytes_total()},
+    };
+    std::printf("%s\n", j.dump().c_str());
+  });
+}
+
+}  // namespace kvgate::cli

@@ -1,0 +1,47 @@
+// Shared pieces of the kvgate subcommands: default model location, thread setup, timing, memory.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <chrono>
+#include <string>
+
+namespace kvgate::cli {
+
+// Options every model-running subcommand takes.
+struct model_options {
+  std::string model_path;  // empty: the default model
+  int threads = 0;         // 0: all cores
+};
+
+void add_model_options(CLI::App& app, model_options& options);
+
+// $KVGATE_HOME (default ~/.cache/kvgate) + /models/SmolLM2-135M-Instruct.Q4_1.gguf
+std::string default_model_path();
+// The model to open: the --model given, else the default; throws error with a hint when missing.
+std::string resolve_model_path(const model_options& options);
+// Applies --threads to OpenMP and BLAS.
+void apply_threads(const model_options& options);
+
+std::string read_text_file(const std::string& path);  // throws error naming the path
+double peak_rss_mb();
+
+class stopwatch {
+ public:
+  stopwatch() : start_(std::chrono::steady_clock::now()) {}
+  double seconds() const {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  }
+
+ private:
+  std::chrono::steady_clock::time_point start_;
+};
+
+// Each subcommand adds itself to the app; its callback runs when it is chosen and reports
+// failures by throwing kvgate::error.
+void register_info(CLI::App& app);
+void register_tokenize(CLI::App& app);
+void register_generate(CLI::App& app);
+void register_perplexity(CLI::App& app);
+
+}  // namespace kvgate::cli

@@ -1,1 +1,0 @@
-#include "gguf/gguf.h"

@@ -1,0 +1,313 @@
+// Block dequantization and the reference (round-to-nearest) quantizers, following ggml's scalar
+// reference in ggml-quants.c (dequantize_row_*, quantize_row_*_ref) operation for operation, so
+// results are bit-identical to it and to gguf-py's numpy versions (tests/data/gguf/golden).
+//
+// Block layouts are in shared/FACTS.md; every block is read through byte offsets so that src
+// needs no alignment.
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstring>
+
+#include "gguf/gguf.h"
+#include "gguf/gguf_internal.h"
+
+// ggml's reference is C11, compiled without floating-point contraction; we build as gnu++20,
+// where GCC would fuse `d * q - m` into one FMA and round once instead of twice. Turn that off
+// for the kernels below so the last bit matches.
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+namespace kvgate::gguf {
+
+using detail::half_to_float;
+using detail::load_u16;
+
+namespace {
+
+constexpr int qk = 32;     // elements per Q4_0 / Q4_1 / Q8_0 block
+constexpr int qk_k = 256;  // elements per K-quant super-block
+
+void dequantize_f16(const uint8_t* src, float* y, int64_t n) {
+  int64_t i = 0;
+#if defined(__F16C__) && defined(__AVX__)
+  for (; i + 8 <= n; i += 8) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * i));
+    _mm256_storeu_ps(y + i, _mm256_cvtph_ps(h));
+  }
+#endif
+  for (; i < n; ++i) y[i] = half_to_float(load_u16(src + 2 * i));
+}
+
+void dequantize_bf16(const uint8_t* src, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t bits = static_cast<uint32_t>(load_u16(src + 2 * i)) << 16;
+    std::memcpy(y + i, &bits, 4);
+  }
+}
+
+// block: f16 d; i8 qs[32]
+void dequantize_q8_0(const uint8_t* src, float* y, int64_t nb) {
+  for (int64_t ib = 0; ib < nb; ++ib, src += 34, y += qk) {
+    const float d = half_to_float(load_u16(src));
+    const auto* qs = reinterpret_cast<const int8_t*>(src + 2);
+    for (int j = 0; j < qk; ++j) y[j] = static_cast<float>(qs[j]) * d;
+  }
+}
+
+// block: f16 d; u8 qs[16]; low nibble of qs[j] is element j, high nibble element j + 16
+void dequantize_q4_0(const uint8_t* src, float* y, int64_t nb) {
+  for (int64_t ib = 0; ib < nb; ++ib, src += 18, y += qk) {
+    const float d = half_to_float(load_u16(src));
+    const uint8_t* qs = src + 2;
+    for (int j = 0; j < qk / 2; ++j) {
+      y[j] = static_cast<float>((qs[j] & 0x0f) - 8) * d;
+      y[j + qk / 2] = static_cast<float>((qs[j] >> 4) - 8) * d;
+    }
+  }
+}
+
+// block: f16 d, f16 m; u8 qs[16] (nibbles as Q4_0)
+void dequantize_q4_1(const uint8_t* src, float* y, int64_t nb) {
+  for (int64_t ib = 0; ib < nb; ++ib, src += 20, y += qk) {
+    const float d = half_to_float(load_u16(src));
+    const float m = half_to_float(load_u16(src + 2));
+    const uint8_t* qs = src + 4;
+    for (int j = 0; j < qk / 2; ++j) {
+      y[j] = static_cast<float>(qs[j] & 0x0f) * d + m;
+      y[j + qk / 2] = static_cast<float>(qs[j] >> 4) * d + m;
+    }
+  }
+}
+
+// The 12 scale bytes of Q4_K / Q5_K hold eight 6-bit scales and eight 6-bit mins: for j < 4 the
+// low 6 bits of bytes j and j + 4; for j >= 4 a nibble of byte j + 4 plus the top 2 bits of
+// bytes j - 4 (scale) and j (min). As ggml's get_scale_min_k4.
+inline void scale_min_k4(int j, const uint8_t* q, uint8_t* sc, uint8_t* m) {
+  if (j < 4) {
+    *sc = q[j] & 63;
+    *m = q[j + 4] & 63;
+  } else {
+    *sc = static_cast<uint8_t>((q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4));
+    *m = static_cast<uint8_t>((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+  }
+}
+
+// block: f16 d, f16 dmin; u8 scales[12]; u8 qs[128]. Each 64 elements: 32 low nibbles of
+// qs[32 * k ..] with (scale, min) 2k, then the 32 high nibbles with 2k + 1.
+void dequantize_q4_k(const uint8_t* src, float* y, int64_t nb) {
+  for (int64_t ib = 0; ib < nb; ++ib, src += 144) {
+    const float d = half_to_float(load_u16(src));
+    const float dmin = half_to_float(load_u16(src + 2));
+    const uint8_t* scales = src + 4;
+    const uint8_t* q = src + 16;
+    for (int is = 0; is < 8; is += 2, q += 32, y += 64) {
+      uint8_t sc, m;
+      scale_min_k4(is, scales, &sc, &m);
+      const float d1 = d * sc, m1 = dmin * m;
+      scale_min_k4(is + 1, scales, &sc, &m);
+      const float d2 = d * sc, m2 = dmin * m;
+      for (int l = 0; l < 32; ++l) y[l] = d1 * static_cast<float>(q[l] & 0x0f) - m1;
+      for (int l = 0; l < 32; ++l) y[l + 32] = d2 * static_cast<float>(q[l] >> 4) - m2;
+    }
+  }
+}
+
+// block: f16 d, f16 dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]. As Q4_K, with the fifth bit of
+// element l of the k-th 64 in bit 2k (low half) or 2k + 1 (high half) of qh[l].
+void dequantize_q5_k(const uint8_t* src, float* y, int64_t nb) {
+  for (int64_t ib = 0; ib < nb; ++ib, src += 176) {
+    const float d = half_to_float(load_u16(src));
+    const float dmin = half_to_float(load_u16(src + 2));
+    const uint8_t* scales = src + 4;
+    const uint8_t* qh = src + 16;
+    const uint8_t* ql = src + 48;
+    for (int is = 0; is < 8; is += 2, ql += 32, y += 64) {
+      uint8_t sc, m;
+      scale_min_k4(is, scales, &sc, &m);
+      const float d1 = d * sc, m1 = dmin * m;
+      scale_min_k4(is + 1, scales, &sc, &m);
+      const float d2 = d * sc, m2 = dmin * m;
+      const int lo_bit = is, hi_bit = is + 1;
+      for (int l = 0; l < 32; ++l) {
+        const int q = (ql[l] & 0x0f) | (((qh[l] >> lo_bit) & 1) << 4);
+        y[l] = d1 * static_cast<float>(q) - m1;
+      }
+      for (int l = 0; l < 32; ++l) {
+        const int q = (ql[l] >> 4) | (((qh[l] >> hi_bit) & 1) << 4);
+        y[l + 32] = d2 * static_cast<float>(q) - m2;
+      }
+    }
+  }
+}
+
+// block: u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d (last). Per 128 elements (half n): element
+// l + 32 k (k < 4, l < 32) takes its low 4 bits from ql[64 n + l + 32 (k & 1)] (low nibble for
+// k < 2, high for k >= 2) and its top 2 bits from bits 2k of qh[32 n + l]; its scale is
+// scales[8 n + l / 16 + 2 k]. Value d * scale * (q - 32).
+void dequantize_q6_k(const uint8_t* src, float* y, int64_t nb) {
+  for (int64_t ib = 0; ib < nb; ++ib, src += 210) {
+    const float d = half_to_float(load_u16(src + 208));
+    const auto* scales = reinterpret_cast<const int8_t*>(src + 192);
+    for (int n = 0; n < 2; ++n, y += 128) {
+      const uint8_t* ql = src + 64 * n;
+      const uint8_t* qh = src + 128 + 32 * n;
+      const int8_t* sc = scales + 8 * n;
+      // l / 16 is constant over each 16: split so the inner loops have fixed scales
+      for (int h = 0; h < 2; ++h) {
+        const float s0 = d * sc[h], s1 = d * sc[h + 2], s2 = d * sc[h + 4], s3 = d * sc[h + 6];
+        for (int l = 16 * h; l < 16 * h + 16; ++l) {
+          const int q0 = ((ql[l] & 0x0f) | (((qh[l] >> 0) & 3) << 4)) - 32;
+          const int q1 = ((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) - 32;
+          const int q2 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+          const int q3 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+          y[l] = s0 * static_cast<float>(q0);
+          y[l + 32] = s1 * static_cast<float>(q1);
+          y[l + 64] = s2 * static_cast<float>(q2);
+          y[l + 96] = s3 * static_cast<float>(q3);
+        }
+      }
+    }
+  }
+}
+
+void quantize_f16(const float* x, uint8_t* dst, int64_t n) {
+  int64_t i = 0;
+#if defined(__F16C__) && defined(__AVX__)
+  for (; i + 8 <= n; i += 8) {
+    const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 2 * i), h);
+  }
+#endif
+  for (; i < n; ++i) {
+    const uint16_t h = f32_to_f16(x[i]);
+    std::memcpy(dst + 2 * i, &h, 2);
+  }
+}
+
+void quantize_bf16(const float* x, uint8_t* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const uint16_t h = f32_to_bf16(x[i]);
+    std::memcpy(dst + 2 * i, &h, 2);
+  }
+}
+
+void store_f16(uint8_t* p, float v) {
+  const uint16_t h = f32_to_f16(v);
+  std::memcpy(p, &h, 2);
+}
+
+// Clamps v into [0, hi] before the integer conversion (a NaN lands on hi): for finite input in
+// range this truncates exactly as ggml's MIN(hi, (int8_t)v), without the undefined conversion.
+inline uint8_t trunc_clamped(float v, float hi) {
+  v = v >= 0.0f ? v : 0.0f;
+  v = v < hi ? v : hi;
+  return static_cast<uint8_t>(v);
+}
+
+// quantize_row_q8_0_ref: d = amax / 127, q = round-half-away(x / d)
+void quantize_q8_0(const float* x, uint8_t* dst, int64_t nb) {
+  for (int64_t ib = 0; ib < nb; ++ib, x += qk, dst += 34) {
+    float amax = 0.0f;
+    for (int j = 0; j < qk; ++j) amax = std::max(amax, std::fabs(x[j]));
+    const float d = amax / 127;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    store_f16(dst, d);
+    for (int j = 0; j < qk; ++j) {
+      float v = std::clamp(std::round(x[j] * id), -127.0f, 127.0f);
+      if (v != v) v = 0.0f;  // NaN input: keep the conversion defined
+      dst[2 + j] = static_cast<uint8_t>(static_cast<int8_t>(v));
+    }
+  }
+}
+
+// quantize_row_q4_0_ref: d = (the value of largest magnitude) / -8, q = trunc(x / d + 8.5)
+void quantize_q4_0(const float* x, uint8_t* dst, int64_t nb) {
+  for (int64_t ib = 0; ib < nb; ++ib, x += qk, dst += 18) {
+    float amax = 0.0f, max = 0.0f;
+    for (int j = 0; j < qk; ++j) {
+      if (amax < std::fabs(x[j])) {
+        amax = std::fabs(x[j]);
+        max = x[j];
+      }
+    }
+    const float d = max / -8;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    store_f16(dst, d);
+    for (int j = 0; j < qk / 2; ++j) {
+      const uint8_t q0 = trunc_clamped(x[j] * id + 8.5f, 15.0f);
+      const uint8_t q1 = trunc_clamped(x[j + qk / 2] * id + 8.5f, 15.0f);
+      dst[2 + j] = static_cast<uint8_t>(q0 | (q1 << 4));
+    }
+  }
+}
+
+// quantize_row_q4_1_ref: d = (max - min) / 15, m = min, q = trunc((x - min) / d + 0.5)
+void quantize_q4_1(const float* x, uint8_t* dst, int64_t nb) {
+  for (int64_t ib = 0; ib < nb; ++ib, x += qk, dst += 20) {
+    float min = FLT_MAX, max = -FLT_MAX;
+    for (int j = 0; j < qk; ++j) {
+      min = std::min(min, x[j]);
+      max = std::max(max, x[j]);
+    }
+    const float d = (max - min) / 15;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    store_f16(dst, d);
+    store_f16(dst + 2, min);
+    for (int j = 0; j < qk / 2; ++j) {
+      const uint8_t q0 = trunc_clamped((x[j] - min) * id + 0.5f, 15.0f);
+      const uint8_t q1 = trunc_clamped((x[j + qk / 2] - min) * id + 0.5f, 15.0f);
+      dst[4 + j] = static_cast<uint8_t>(q0 | (q1 << 4));
+    }
+  }
+}
+
+int64_t checked_blocks(const char* what, tensor_type type, int64_t n) {
+  const type_traits& t = traits(type);
+  if (n < 0 || n % t.block_size != 0) {
+    fail("{}: {} elements of {} are not a whole number of {}-element blocks", what, n, t.name,
+         t.block_size);
+  }
+  return n / t.block_size;
+}
+
+}  // namespace
+
+void dequantize(tensor_type type, const void* src, float* dst, int64_t n) {
+  const int64_t nb = checked_blocks("dequantize", type, n);
+  const auto* s = static_cast<const uint8_t*>(src);
+  switch (type) {
+    case tensor_type::f32: std::memcpy(dst, s, static_cast<size_t>(n) * 4); return;
+    case tensor_type::f16: dequantize_f16(s, dst, n); return;
+    case tensor_type::bf16: dequantize_bf16(s, dst, n); return;
+    case tensor_type::q8_0: dequantize_q8_0(s, dst, nb); return;
+    case tensor_type::q4_0: dequantize_q4_0(s, dst, nb); return;
+    case tensor_type::q4_1: dequantize_q4_1(s, dst, nb); return;
+    case tensor_type::q4_k: dequantize_q4_k(s, dst, nb); return;
+    case tensor_type::q5_k: dequantize_q5_k(s, dst, nb); return;
+    case tensor_type::q6_k: dequantize_q6_k(s, dst, nb); return;
+  }
+}
+
+void quantize(tensor_type type, const float* src, void* dst, int64_t n) {
+  const int64_t nb = checked_blocks("quantize", type, n);
+  auto* d = static_cast<uint8_t*>(dst);
+  switch (type) {
+    case tensor_type::f32: std::memcpy(d, src, static_cast<size_t>(n) * 4); return;
+    case tensor_type::f16: quantize_f16(src, d, n); return;
+    case tensor_type::bf16: quantize_bf16(src, d, n); return;
+    case tensor_type::q8_0: quantize_q8_0(src, d, nb); return;
+    case tensor_type::q4_0: quantize_q4_0(src, d, nb); return;
+    case tensor_type::q4_1: quantize_q4_1(src, d, nb); return;
+    case tensor_type::q4_k:
+    case tensor_type::q5_k:
+    case tensor_type::q6_k: break;
+  }
+  fail("quantize: no quantizer for {} (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)",
+       traits(type).name);
+}
+
+}  // namespace kvgate::gguf
