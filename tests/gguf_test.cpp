@@ -10,6 +10,7 @@
 #include <fstream>
 #include <limits>
 #include <random>
+#include <set>
 
 #if defined(__F16C__)
 #include <immintrin.h>
@@ -326,19 +327,13 @@ TEST(gguf_hostile, corrupted_bytes_give_an_error_or_a_valid_file_never_a_crash) 
     std::ifstream in(write_sample(), std::ios::binary);
     full.assign(std::istreambuf_iterator<char>(in), {});
   }
-  // only the header part matters: tensor data is opaque to the reader
-  const size_t header_end = file::open(write_bytes(full, "c.gguf"))->tensors()[0].data -
-                            file::open(write_bytes(full, "c.gguf"))->tensors()[0].data + 1200;
-  for (size_t i = 0; i < std::min(full.size(), header_end); ++i) {
+  for (size_t i = 0; i < full.size(); ++i) {
     for (uint8_t v : {uint8_t{0x00}, uint8_t{0xff}, uint8_t{0x80}, uint8_t(full[i] + 1)}) {
       bytes b = full;
       b[i] = v;
       try {
         const auto f = file::open(write_bytes(b, "c.gguf"));
-        for (const tensor_info& t : f->tensors()) {
-          ASSERT_GE(t.data, f->tensors().front().data - t.offset);
-          ASSERT_LE(t.offset + t.n_bytes, f->file_size());
-        }
+        for (const tensor_info& t : f->tensors()) ASSERT_LE(t.offset + t.n_bytes, f->file_size());
       } catch (const error&) {
       }
     }
@@ -432,3 +427,283 @@ TEST(gguf_hostile, version_2_and_valid_hand_made_files_are_accepted) {
   EXPECT_NO_THROW(file::open(write_bytes(raw().header(0, 0).b)));
   expect_refused({}, "empty");
 }
+
+// ---------------------------------------------------------------------------------------------
+// f16 / bf16
+
+TEST(gguf_half, f16_known_bit_patterns) {
+  EXPECT_EQ(bits(f16_to_f32(0x0000)), 0x00000000u);
+  EXPECT_EQ(bits(f16_to_f32(0x8000)), 0x80000000u);  // -0
+  EXPECT_EQ(f16_to_f32(0x3c00), 1.0f);
+  EXPECT_EQ(f16_to_f32(0xc000), -2.0f);
+  EXPECT_EQ(f16_to_f32(0x3555), 0.333251953125f);
+  EXPECT_EQ(f16_to_f32(0x7bff), 65504.0f);
+  EXPECT_EQ(f16_to_f32(0x0400), 0x1p-14f);          // smallest normal
+  EXPECT_EQ(f16_to_f32(0x0001), 0x1p-24f);          // smallest subnormal
+  EXPECT_EQ(f16_to_f32(0x83ff), -1023 * 0x1p-24f);  // largest subnormal
+  EXPECT_EQ(bits(f16_to_f32(0x7c00)), 0x7f800000u);
+  EXPECT_EQ(bits(f16_to_f32(0xfc00)), 0xff800000u);
+  EXPECT_EQ(bits(f16_to_f32(0x7e00)), 0x7fc00000u);
+  EXPECT_EQ(bits(f16_to_f32(0x7c01)), 0x7fc02000u);  // signalling NaN comes back quiet
+
+  EXPECT_EQ(f32_to_f16(1.0f), 0x3c00);
+  EXPECT_EQ(f32_to_f16(-0.0f), 0x8000);
+  EXPECT_EQ(f32_to_f16(65504.0f), 0x7bff);
+  EXPECT_EQ(f32_to_f16(65519.996f), 0x7bff);
+  EXPECT_EQ(f32_to_f16(65520.0f), 0x7c00);  // the tie rounds to even, i.e. to infinity
+  EXPECT_EQ(f32_to_f16(1e6f), 0x7c00);
+  EXPECT_EQ(f32_to_f16(-INFINITY), 0xfc00);
+  EXPECT_EQ(f32_to_f16(NAN) & 0x7e00, 0x7e00);
+  EXPECT_EQ(f32_to_f16(std::bit_cast<float>(0xff812345u)), 0xfe09);  // quiet, payload's top bits
+  EXPECT_EQ(f32_to_f16(1.0f + 0x1p-11f), 0x3c00);      // tie to even (down)
+  EXPECT_EQ(f32_to_f16(1.0f + 3 * 0x1p-11f), 0x3c02);  // tie to even (up)
+  EXPECT_EQ(f32_to_f16(0x1p-24f), 0x0001);
+  EXPECT_EQ(f32_to_f16(0x1p-25f), 0x0000);        // subnormal tie to even (zero)
+  EXPECT_EQ(f32_to_f16(3 * 0x1p-25f), 0x0002);    // subnormal tie to even (up)
+  EXPECT_EQ(f32_to_f16(0x1p-25f * 1.0001f), 0x0001);
+  EXPECT_EQ(f32_to_f16(0x1p-14f - 0x1p-25f), 0x0400);  // rounds up into the normals
+  EXPECT_EQ(f32_to_f16(1e-40f), 0x0000);
+}
+
+TEST(gguf_half, f16_to_f32_is_exact_for_all_65536_halves) {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float f = f16_to_f32(static_cast<uint16_t>(h));
+    const int exp = (h >> 10) & 31, mant = h & 1023;
+    const double sign = (h & 0x8000) ? -1 : 1;
+    if (exp == 31) {
+      EXPECT_TRUE(mant ? std::isnan(f) : std::isinf(f)) << h;
+      continue;
+    }
+    const double expect = exp == 0 ? sign * std::ldexp(mant, -24)
+                                   : sign * std::ldexp(1024 + mant, exp - 25);
+    ASSERT_EQ(static_cast<double>(f), expect) << h;
+    ASSERT_EQ(f32_to_f16(f), h) << h;  // and back
+    ASSERT_EQ(std::signbit(f), (h & 0x8000) != 0) << h;
+  }
+}
+
+#if defined(__F16C__)
+TEST(gguf_half, portable_conversions_match_the_f16c_instructions) {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    ASSERT_EQ(bits(f16_to_f32(static_cast<uint16_t>(h))), bits(_cvtsh_ss(static_cast<uint16_t>(h))))
+        << h;
+  }
+  for (uint64_t i = 0; i < (uint64_t{1} << 32); i += 251) {
+    const float f = std::bit_cast<float>(static_cast<uint32_t>(i));
+    ASSERT_EQ(f32_to_f16(f), _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT)) << std::hex << i;
+  }
+}
+#endif
+
+TEST(gguf_half, bf16_known_bit_patterns) {
+  EXPECT_EQ(bf16_to_f32(0x3f80), 1.0f);
+  EXPECT_EQ(bf16_to_f32(0xc0a0), -5.0f);
+  EXPECT_EQ(bits(bf16_to_f32(0x0001)), 0x00010000u);  // subnormal
+  EXPECT_EQ(bits(bf16_to_f32(0xff80)), 0xff800000u);
+  EXPECT_EQ(f32_to_bf16(1.0f), 0x3f80);
+  EXPECT_EQ(f32_to_bf16(std::bit_cast<float>(0x3f808000u)), 0x3f80);  // tie to even (down)
+  EXPECT_EQ(f32_to_bf16(std::bit_cast<float>(0x3f818000u)), 0x3f82);  // tie to even (up)
+  EXPECT_EQ(f32_to_bf16(std::bit_cast<float>(0x3f808001u)), 0x3f81);
+  EXPECT_EQ(f32_to_bf16(std::numeric_limits<float>::max()), 0x7f80);  // rounds to inf
+  EXPECT_EQ(f32_to_bf16(INFINITY), 0x7f80);
+  EXPECT_EQ(f32_to_bf16(-0.0f), 0x8000);
+  EXPECT_EQ(f32_to_bf16(std::bit_cast<float>(0x00010000u)), 0x0001);  // subnormals kept
+  EXPECT_EQ(f32_to_bf16(std::bit_cast<float>(0x7f800001u)), 0x7fc0);  // NaN made quiet
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float f = bf16_to_f32(static_cast<uint16_t>(h));
+    if (std::isnan(f)) continue;
+    ASSERT_EQ(f32_to_bf16(f), h);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// dequantization and quantization
+
+TEST(gguf_quant, type_table_matches_ggml) {
+  struct row { tensor_type type; const char* name; int64_t block; size_t size; };
+  for (const row& r : {row{tensor_type::f32, "F32", 1, 4}, row{tensor_type::f16, "F16", 1, 2},
+                       row{tensor_type::bf16, "BF16", 1, 2}, row{tensor_type::q8_0, "Q8_0", 32, 34},
+                       row{tensor_type::q4_0, "Q4_0", 32, 18}, row{tensor_type::q4_1, "Q4_1", 32, 20},
+                       row{tensor_type::q4_k, "Q4_K", 256, 144},
+                       row{tensor_type::q5_k, "Q5_K", 256, 176},
+                       row{tensor_type::q6_k, "Q6_K", 256, 210}}) {
+    EXPECT_EQ(traits(r.type).name, r.name);
+    EXPECT_EQ(traits(r.type).block_size, r.block);
+    EXPECT_EQ(traits(r.type).type_size, r.size);
+    EXPECT_EQ(row_bytes(r.type, r.block * 3), r.size * 3);
+  }
+  EXPECT_EQ(find_traits(static_cast<tensor_type>(6)), nullptr);
+  EXPECT_THROW(traits(static_cast<tensor_type>(6)), error);
+  EXPECT_THROW(row_bytes(tensor_type::q4_k, 128), error);
+  float y[32];
+  EXPECT_THROW(dequantize(tensor_type::q8_0, y, y, 31), error);
+  EXPECT_THROW(quantize(tensor_type::q6_k, y, y, 256), error);
+}
+
+// Every "<name>" with a "<name>.ref" in the golden file: our dequantization must equal gguf-py's
+// bit for bit (both follow ggml's reference order of operations in f32, without FMA).
+TEST(gguf_quant, dequantize_matches_gguf_py_golden_exactly) {
+  const auto f = file::open(test::data_path("gguf/quant_golden.gguf"));
+  std::set<std::string> types_seen;
+  int n_checked = 0;
+  for (const tensor_info& t : f->tensors()) {
+    const tensor_info* ref = f->find_tensor(t.name + ".ref");
+    if (!ref) continue;
+    SCOPED_TRACE(t.name);
+    ASSERT_EQ(ref->type, tensor_type::f32);
+    ASSERT_EQ(ref->ne, t.ne);
+    std::vector<float> y(t.n_elements());
+    dequantize(t.type, t.data, y.data(), t.n_elements());
+    for (int64_t i = 0; i < t.n_elements(); ++i) {
+      float expect;
+      std::memcpy(&expect, ref->data + 4 * i, 4);
+      ASSERT_EQ(bits(y[i]), bits(expect)) << "element " << i << ": " << y[i] << " vs " << expect;
+    }
+    // unaligned source: the kernels must not assume alignment
+    bytes shifted(t.n_bytes + 1);
+    std::memcpy(shifted.data() + 1, t.data, t.n_bytes);
+    std::vector<float> y2(t.n_elements());
+    dequantize(t.type, shifted.data() + 1, y2.data(), t.n_elements());
+    ASSERT_EQ(std::memcmp(y.data(), y2.data(), 4 * y.size()), 0);
+    types_seen.insert(std::string(traits(t.type).name));
+    ++n_checked;
+  }
+  EXPECT_EQ(types_seen, (std::set<std::string>{"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1",
+                                               "Q4_K", "Q5_K", "Q6_K"}));
+  EXPECT_NE(f->find_tensor("real.token_embd.weight"), nullptr);
+  EXPECT_NE(f->find_tensor("real.blk.0.attn_q.weight"), nullptr);
+  EXPECT_EQ(n_checked, 11);
+}
+
+// Every "<name>" with a "<name>.src": our quantizer reproduces gguf-py's bytes from the same input.
+TEST(gguf_quant, quantize_matches_gguf_py_bytes_exactly) {
+  const auto f = file::open(test::data_path("gguf/quant_golden.gguf"));
+  int n_checked = 0;
+  for (const tensor_info& t : f->tensors()) {
+    const tensor_info* src = f->find_tensor(t.name + ".src");
+    if (!src) continue;
+    SCOPED_TRACE(t.name);
+    std::vector<float> x(src->n_elements());
+    std::memcpy(x.data(), src->data, src->n_bytes);
+    bytes q(t.n_bytes);
+    quantize(t.type, x.data(), q.data(), t.n_elements());
+    for (size_t i = 0; i < q.size(); ++i) ASSERT_EQ(q[i], t.data[i]) << "byte " << i;
+    ++n_checked;
+  }
+  EXPECT_EQ(n_checked, 5);  // F16, BF16, Q8_0, Q4_0, Q4_1
+}
+
+// Round-trip error bounds (x, then q = quantize(x), then dequantize(q)), per 32-element block with
+// amax = max |x|. The scale d is stored as f16 (relative error <= 2^-11 in the normal
+// range, else 2^-25 absolute: e16(d)), which adds |q| e16(d) to half a step of rounding:
+//   Q8_0: d = amax/127, |err| <= d/2 + 127 e16(d)
+//   Q4_0: d = amax/8, the far end clips from 16 to 15, |err| <= d + 8 e16(d)
+//   Q4_1: d = (max-min)/15, m = f16(min), |err| <= d/2 + 15 e16(d) + e16(min)
+// plus a few f32 ulps of amax for the arithmetic. F16 / BF16 round each value: e16(x), |x| 2^-8.
+TEST(gguf_quant, quantize_dequantize_error_is_within_the_type_bound) {
+  const int64_t n = 32 * 4096;
+  std::vector<float> x = random_floats(n, 7, 1e-2f, 1e2f);
+  std::fill(x.begin(), x.begin() + 32, 0.0f);          // zero block
+  std::fill(x.begin() + 32, x.begin() + 64, -3.25f);   // constant block
+  for (tensor_type t : {tensor_type::f32, tensor_type::f16, tensor_type::bf16, tensor_type::q8_0,
+                        tensor_type::q4_0, tensor_type::q4_1}) {
+    SCOPED_TRACE(traits(t).name);
+    bytes q(row_bytes(t, n));
+    std::vector<float> y(n);
+    quantize(t, x.data(), q.data(), n);
+    dequantize(t, q.data(), y.data(), n);
+    double worst = 0;  // largest err / bound seen
+    for (int64_t b = 0; b < n / 32; ++b) {
+      const float* xb = x.data() + 32 * b;
+      float amax = 0, min = INFINITY, max = -INFINITY;
+      for (int j = 0; j < 32; ++j) {
+        amax = std::max(amax, std::fabs(xb[j]));
+        min = std::min(min, xb[j]);
+        max = std::max(max, xb[j]);
+      }
+      const double slack = amax * 0x1p-20;
+      // f16 rounding error of v: relative 2^-11, or half the subnormal step 2^-24
+      auto f16_err = [](double v) { return std::max(std::fabs(v) * 0x1p-11, 0x1p-25); };
+      for (int j = 0; j < 32; ++j) {
+        double bound = 0;
+        switch (t) {
+          case tensor_type::f32: bound = 0; break;
+          case tensor_type::f16: bound = f16_err(xb[j]); break;
+          case tensor_type::bf16: bound = std::fabs(xb[j]) * 0x1p-8; break;
+          case tensor_type::q8_0: bound = amax / 127.0 / 2 + 127 * f16_err(amax / 127.0) + slack; break;
+          case tensor_type::q4_0: bound = amax / 8.0 + 8 * f16_err(amax / 8.0) + slack; break;
+          default: {
+            const double d = (max - min) / 15.0;
+            bound = d / 2 + 15 * f16_err(d) + f16_err(min) + slack;
+          }
+        }
+        const double err = std::fabs(static_cast<double>(y[32 * b + j]) - xb[j]);
+        ASSERT_LE(err, bound) << "block " << b << " element " << j << " x " << xb[j];
+        if (bound > 0) worst = std::max(worst, err / bound);
+      }
+    }
+    EXPECT_TRUE(std::all_of(y.begin(), y.begin() + 32, [](float v) { return v == 0.0f; }));
+    std::printf("  %-5s worst error / bound = %.3f\n", std::string(traits(t).name).c_str(), worst);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// the default model (SmolLM2-135M-Instruct Q4_1)
+
+TEST(gguf_model, default_model_header_is_as_published) {
+  const auto f = file::open(test::default_model_path());
+  EXPECT_EQ(f->version(), 3u);
+  EXPECT_EQ(f->tensors().size(), 272u);
+  EXPECT_EQ(f->metadata().size(), 33u);
+  EXPECT_EQ(f->alignment(), 32u);
+  EXPECT_EQ(f->get_string("general.architecture", ""), "llama");
+  EXPECT_EQ(f->get_u64("llama.block_count", 0), 30u);
+  EXPECT_EQ(f->get_u64("llama.embedding_length", 0), 576u);
+  EXPECT_EQ(f->get_u64("llama.feed_forward_length", 0), 1536u);
+  EXPECT_EQ(f->get_u64("llama.attention.head_count", 0), 9u);
+  EXPECT_EQ(f->get_u64("llama.attention.head_count_kv", 0), 3u);
+  EXPECT_EQ(f->get_u64("llama.context_length", 0), 8192u);
+  EXPECT_EQ(f->get_f64("llama.rope.freq_base", 0), 100000.0);
+  EXPECT_EQ(f->get_f64("llama.attention.layer_norm_rms_epsilon", 0), static_cast<double>(1e-5f));
+  EXPECT_EQ(f->get_string("tokenizer.ggml.model", ""), "gpt2");
+  EXPECT_EQ(f->get_string("tokenizer.ggml.pre", ""), "smollm");
+  EXPECT_EQ(f->get("tokenizer.ggml.tokens").as_array().size(), 49152u);
+  EXPECT_EQ(f->get("tokenizer.ggml.tokens").as_array()[1].as_string(), "<|im_start|>");
+  EXPECT_EQ(f->get("tokenizer.ggml.token_type").elem_type(), value_type::i32);
+  EXPECT_EQ(f->get("tokenizer.ggml.merges").as_array().size(), 48900u);
+  EXPECT_EQ(f->get_u64("tokenizer.ggml.bos_token_id", 99), 1u);
+  EXPECT_EQ(f->get_u64("tokenizer.ggml.eos_token_id", 99), 2u);
+  EXPECT_FALSE(f->get_bool("tokenizer.ggml.add_bos_token", true));
+
+  const tensor_info& embd = f->tensor("token_embd.weight");
+  EXPECT_EQ(embd.type, tensor_type::q8_0);
+  EXPECT_EQ(embd.ne, (std::vector<int64_t>{576, 49152}));
+  const tensor_info& wq = f->tensor("blk.0.attn_q.weight");
+  EXPECT_EQ(wq.type, tensor_type::q4_1);
+  EXPECT_EQ(wq.ne, (std::vector<int64_t>{576, 576}));
+  EXPECT_EQ(f->tensor("blk.29.ffn_down.weight").ne, (std::vector<int64_t>{1536, 576}));
+  EXPECT_EQ(f->tensor("output_norm.weight").type, tensor_type::f32);
+  EXPECT_EQ(f->find_tensor("output.weight"), nullptr);  // tied embeddings
+  size_t total = 0;
+  for (const tensor_info& t : f->tensors()) total += t.n_bytes;
+  EXPECT_LE(total, f->file_size());
+}
+
+// The model's own first rows, dequantized by us, equal gguf-py's dequantization in the golden file.
+TEST(gguf_model, default_model_rows_match_gguf_py) {
+  const auto model = file::open(test::default_model_path());
+  const auto golden = file::open(test::data_path("gguf/quant_golden.gguf"));
+  for (const char* name : {"token_embd.weight", "blk.0.attn_q.weight"}) {
+    SCOPED_TRACE(name);
+    const tensor_info& t = model->tensor(name);
+    const tensor_info& ref = golden->tensor(std::string("real.") + name + ".ref");
+    const int64_t n = 4 * t.ne[0];
+    ASSERT_EQ(ref.n_elements(), n);
+    std::vector<float> y(n);
+    dequantize(t.type, t.data, y.data(), n);
+    EXPECT_EQ(std::memcmp(y.data(), ref.data, 4 * n), 0);
+  }
+}
+
+}  // namespace
+}  // namespace kvgate::gguf

@@ -37,7 +37,7 @@ TEST_P(forward_vs_reference, logits_match_scalar_reference) {
   const auto tokens = random_tokens(19, 7);
   const std::vector<double> ref = test::reference_logits(path, tokens);
 
-  for (int n_batch : {1, 5, 19}) {  // decode path, mixed, one prefill step (sgemm path)
+  for (int n_batch : {1, 5, 19}) {  // decode path, small steps, one prefill step (sgemm path)
     session s(*m, {.n_ctx = 64, .n_batch = n_batch});
     double max_err = 0.0, max_ref = 0.0;
     for (size_t start = 0; start < tokens.size(); start += n_batch) {
@@ -52,7 +52,12 @@ TEST_P(forward_vs_reference, logits_match_scalar_reference) {
     }
     std::printf("%s n_batch %d: max |logit - ref| = %.3g (max |ref| %.3g)\n", spec.arch.c_str(), n_batch,
                 max_err, max_ref);
-    EXPECT_LT(max_err, 2e-3 * std::max(1.0, max_ref)) << "n_batch " << n_batch;
+    // Steps of >= k_sgemm_min_rows tokens run in f32 and must agree to rounding. Smaller steps
+    // (decode) quantize activations to 8 bits per block of 32 for the integer kernels, as
+    // llama.cpp does: a relative error of about 1/254 per element, which stays near 0.5% of the
+    // logit range after the network; 1.5% leaves margin, a RoPE or attention bug is far above it.
+    const bool f32_path = n_batch >= k_sgemm_min_rows;
+    EXPECT_LT(max_err, (f32_path ? 1e-4 : 1.5e-2) * std::max(1.0, max_ref)) << "n_batch " << n_batch;
   }
 }
 

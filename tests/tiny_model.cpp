@@ -94,6 +94,8 @@ void write_tiny_model(const std::string& path, const tiny_spec& s) {
     tokens.push_back(value::of_string(t));
     types.push_back(value::of_i32(1));
   }
+  tokens.push_back(value::of_string("th"));  // one merge, "t h", so the BPE has something to do
+  types.push_back(value::of_i32(1));
   for (const char* special : {"<|im_start|>", "<|im_end|>"}) {
     tokens.push_back(value::of_string(special));
     types.push_back(value::of_i32(3));
@@ -102,9 +104,9 @@ void write_tiny_model(const std::string& path, const tiny_spec& s) {
   w.out.set("tokenizer.ggml.pre", value::of_string("gpt2"));
   w.out.set("tokenizer.ggml.tokens", value::of_array(value_type::string, tokens));
   w.out.set("tokenizer.ggml.token_type", value::of_array(value_type::i32, types));
-  w.out.set("tokenizer.ggml.merges", value::of_array(value_type::string, {}));
-  w.out.set("tokenizer.ggml.bos_token_id", value::of_u32(256));
-  w.out.set("tokenizer.ggml.eos_token_id", value::of_u32(257));
+  w.out.set("tokenizer.ggml.merges", value::of_array(value_type::string, {value::of_string("t h")}));
+  w.out.set("tokenizer.ggml.bos_token_id", value::of_u32(257));
+  w.out.set("tokenizer.ggml.eos_token_id", value::of_u32(258));
 
   const int64_t n_q = static_cast<int64_t>(s.n_head) * s.d_head;
   const int64_t n_kv = static_cast<int64_t>(s.n_kv_head) * s.d_head;

@@ -24,8 +24,8 @@ struct tiny_spec {
   uint64_t seed = 1;
 };
 
-// Vocabulary: the 256 byte tokens of byte-level BPE plus <|im_start|>, <|im_end|>.
-inline constexpr int k_tiny_vocab = 258;
+// Vocabulary: the 256 byte tokens of byte-level BPE, "th", <|im_start|>, <|im_end|>.
+inline constexpr int k_tiny_vocab = 259;
 
 void write_tiny_model(const std::string& path, const tiny_spec& spec);
 

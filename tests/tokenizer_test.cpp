@@ -2,6 +2,8 @@
 // special tokens, errors, chat formatting; then the SmolLM2 vocabulary against llama.cpp's ids
 // (tests/data/tokenizer/golden.json, from tools/make_tokenizer_golden.py) under each supported
 // pre-tokenizer, round trips and speed.
+#include "tokenizer/tokenizer.h"
+
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -17,7 +19,6 @@
 #include "tokenizer/bpe.h"
 #include "tokenizer/chat.h"
 #include "tokenizer/pre_tokenizer.h"
-#include "tokenizer/tokenizer.h"
 
 namespace kvgate {
 namespace {
@@ -83,8 +84,8 @@ TEST(tokenizer_bpe, intermediate_not_in_vocab_falls_back_to_bytes) {
 }
 
 // The obvious quadratic BPE: merge the lowest-ranked adjacent pair (leftmost on ties) until none.
-ids slow_bpe(const std::map<std::pair<std::string, std::string>, int>& ranks,
-             const tokenizer& t, std::string_view piece) {
+ids slow_bpe(const std::map<std::pair<std::string, std::string>, int>& ranks, const tokenizer& t,
+             std::string_view piece) {
   std::vector<std::string> syms;
   for (char c : piece) syms.push_back(bpe::encode_bytes(std::string(1, c)));
   for (;;) {
@@ -137,7 +138,8 @@ TEST(tokenizer_bpe, long_runs_are_fast) {
   const std::string text(200000, 'a');
   const auto start = std::chrono::steady_clock::now();
   const ids out = t->encode(text);
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   EXPECT_EQ(out.size(), 50000u);
   EXPECT_LT(seconds, 1.0);
 }
@@ -285,9 +287,10 @@ TEST(tokenizer_chat, finds_default_system_prompt) {
                 "helpful.<|im_end|>\\n' }}{%- endif %}"),
             "You are Qwen, created by Alibaba Cloud. You're helpful.");
   // Raw template text counts too; comments do not.
-  EXPECT_EQ(chat::find_default_system_prompt("{# '<|im_start|>system\nX<|im_end|>' #}"
-                                             "{% if a %}<|im_start|>system\nY<|im_end|>\n{% endif %}"),
-            "Y");
+  EXPECT_EQ(
+      chat::find_default_system_prompt("{# '<|im_start|>system\nX<|im_end|>' #}"
+                                       "{% if a %}<|im_start|>system\nY<|im_end|>\n{% endif %}"),
+      "Y");
   EXPECT_EQ(chat::find_default_system_prompt(
                 "{%- for message in messages %}{{- '<|im_start|>' + message.role + '\\n' + "
                 "message.content + '<|im_end|>\\n' }}{%- endfor %}"),
@@ -340,7 +343,8 @@ const tokenizer& smollm2(const std::string& pre) {
 
 std::string hex_decode(const std::string& hex) {
   std::string out;
-  for (size_t i = 0; i + 1 < hex.size(); i += 2) out += char(std::stoi(hex.substr(i, 2), nullptr, 16));
+  for (size_t i = 0; i + 1 < hex.size(); i += 2)
+    out += char(std::stoi(hex.substr(i, 2), nullptr, 16));
   return out;
 }
 
@@ -357,8 +361,8 @@ TEST(tokenizer_smollm2, metadata_from_gguf) {
   EXPECT_EQ(t->find_token("<|im_start|>"), 1);
   EXPECT_EQ(smollm2_metadata().merges.size(), 48900u);
   EXPECT_EQ(smollm2_metadata().pre, "smollm");
-  EXPECT_TRUE(t->is_end_of_generation(2));   // <|im_end|>, EOS
-  EXPECT_TRUE(t->is_end_of_generation(0));   // <|endoftext|>
+  EXPECT_TRUE(t->is_end_of_generation(2));  // <|im_end|>, EOS
+  EXPECT_TRUE(t->is_end_of_generation(0));  // <|endoftext|>
   EXPECT_FALSE(t->is_end_of_generation(1));
   EXPECT_EQ(t->default_system_prompt(),
             "You are a helpful AI assistant named SmolLM, trained by Hugging Face");
@@ -385,11 +389,20 @@ TEST_P(tokenizer_golden, ids_match_llama_cpp) {
   EXPECT_GT(n_checked, 100);
 }
 
+// text without the bytes the vocabulary has no token for (dropped by encode, see the header).
+std::string representable(const tokenizer& t, std::string_view text) {
+  std::string out;
+  for (char c : text) {
+    if (t.find_token(bpe::encode_bytes(std::string(1, c)))) out += c;
+  }
+  return out;
+}
+
 TEST_P(tokenizer_golden, decode_inverts_encode) {
   const tokenizer& t = smollm2(GetParam());
   for (const auto& c : golden()["pre_tokenizers"][GetParam()]) {
     const std::string text = case_text(c);
-    EXPECT_EQ(t.decode(t.encode(text, c["special"])), text) << c["name"];
+    EXPECT_EQ(t.decode(t.encode(text, c["special"])), representable(t, text)) << c["name"];
   }
 }
 
@@ -397,10 +410,14 @@ INSTANTIATE_TEST_SUITE_P(pre, tokenizer_golden, testing::Values("smollm", "gpt2"
 
 TEST(tokenizer_smollm2, invalid_utf8_becomes_byte_tokens) {
   const tokenizer& t = smollm2("smollm");
-  const ids got = t.encode("ab\x80" "cd");
+  const ids got = t.encode(
+      "ab\x80"
+      "cd");
   ASSERT_EQ(got.size(), 3u);
   EXPECT_EQ(t.token_bytes(got[1]), "\x80");
-  EXPECT_EQ(t.decode(got), "ab\x80" "cd");
+  EXPECT_EQ(t.decode(got),
+            "ab\x80"
+            "cd");
 }
 
 TEST(tokenizer_smollm2, chat_matches_the_models_jinja_template) {

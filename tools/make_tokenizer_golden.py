@@ -34,8 +34,8 @@ CURATED = [
               "and the clocks were striking thirteen."),
     ("contractions", "don't won't I'LL you're we've she'd they'll it's DON'T He'S 'tis"),
     ("digits", "12345 3.14 2026-11-29 1,000,000 +44 (0)20 7946 0958 0x1F 1e-9"),
-    ("python_code", "def add(a, b):\n    \"\"\"Sum.\"\"\"\n    return a + b\n\n\nif __name__ == '__main__':\n"
-                    "\tprint(add(1, 2))  # 3\n"),
+    ("python_code", "def add(a, b):\n    \"\"\"Sum.\"\"\"\n    return a + b\n\n\n"
+                    "if __name__ == '__main__':\n\tprint(add(1, 2))  # 3\n"),
     ("c_code", "#include <stdio.h>\n\nint main(void) {\n    for (int i = 0; i < 10; ++i) {\n"
                "        printf(\"%d\\n\", i);\n    }\n    return 0;\n}\n"),
     ("whitespace_runs", "a  \n\n  b\t\tc   "),
@@ -59,6 +59,8 @@ CURATED = [
     ("long_word", "pneumonoultramicroscopicsilicovolcanoconiosis" * 3),
     ("long_digits", "3141592653589793238462643383279502884197169399375105820974944592"),
     ("mixed_script", "abc123def ГДЕ456 ñ7ü x²+y²=z²"),
+    # SmolLM2 has no token for some control bytes (0x04, 0x1D...): llama.cpp drops them.
+    ("control_bytes", "nul\x00 soh\x01 eot\x04 bel\x07 esc\x1b[0m gs\x1d del\x7f end"),
 ]
 
 # Bytes that are not UTF-8: llama.cpp replaces each with U+FFFD while kvgate keeps the bytes
@@ -119,7 +121,8 @@ def chat_goldens(template: str) -> list[dict]:
     conversations = [
         [{"role": "user", "content": "hi"}],
         [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}],
-        [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi! How can I help?"},
+        [{"role": "user", "content": "Hello"},
+         {"role": "assistant", "content": "Hi! How can I help?"},
          {"role": "user", "content": "Tell me a joke.\nA short one."}],
         [],
     ]
@@ -142,7 +145,8 @@ def main() -> int:
 
     reader = gguf.GGUFReader(args.model)
     texts = [(name, text.encode("utf-8")) for name, text in CURATED] + INVALID_UTF8
-    texts += [(f"random_{i}", t.encode("utf-8")) for i, t in enumerate(random_texts(args.n_random, 29))]
+    texts += [(f"random_{i}", t.encode("utf-8"))
+              for i, t in enumerate(random_texts(args.n_random, seed=29))]
 
     result = {
         "generator": "tools/make_tokenizer_golden.py",

@@ -146,9 +146,9 @@ std::optional<int32_t> merger::find(std::string_view text) const {
 void merger::encode(std::string_view piece, std::vector<int32_t>& out) const {
   struct symbol {
     int32_t id;
-    int32_t prev;    // index of the previous live symbol, -1 at the start
-    int32_t next;    // index of the next live symbol, -1 at the end
-    uint32_t begin;  // bytes [begin, begin + n_bytes) of the piece
+    int32_t prev;      // index of the previous live symbol, -1 at the start
+    int32_t next;      // index of the next live symbol, -1 at the end
+    uint32_t begin;    // bytes [begin, begin + n_bytes) of the piece
     uint32_t n_bytes;  // 0 once merged into its left neighbour
   };
   struct candidate {

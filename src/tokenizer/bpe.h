@@ -56,13 +56,14 @@ class merger {
     int32_t symbol;  // the merged symbol
   };
   static uint64_t pair_key(int32_t left, int32_t right) {
-    return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) | static_cast<uint32_t>(right);
+    return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) |
+           static_cast<uint32_t>(right);
   }
 
   int32_t n_vocab_ = 0;
   std::unordered_map<std::string, int32_t, string_hash, std::equal_to<>> symbol_ids_;
   int32_t n_symbols_ = 0;
-  int32_t byte_symbol_[256];  // symbol of each byte's one-code-point text
+  int32_t byte_symbol_[256];                           // symbol of each byte's one-code-point text
   std::unordered_map<uint64_t, merge_result> merges_;  // pair_key(left, right) -> result
 };
 

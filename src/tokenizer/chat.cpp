@@ -20,10 +20,18 @@ std::string read_literal(std::string_view text, size_t& pos) {
     if (c == '\\' && pos < text.size()) {
       const char e = text[pos++];
       switch (e) {
-        case 'n': c = '\n'; break;
-        case 't': c = '\t'; break;
-        case 'r': c = '\r'; break;
-        default: c = e; break;  // \\, \', \"
+        case 'n':
+          c = '\n';
+          break;
+        case 't':
+          c = '\t';
+          break;
+        case 'r':
+          c = '\r';
+          break;
+        default:
+          c = e;
+          break;  // \\, \', \"
       }
     }
     value += c;

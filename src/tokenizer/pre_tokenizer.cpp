@@ -69,9 +69,10 @@ std::unique_ptr<splitter> splitter::create(std::string_view name) {
   } else if (name == "qwen2") {
     patterns = {k_qwen2};
   } else {
-    fail("unsupported pre-tokenizer '{}' (tokenizer.ggml.pre); kvgate implements gpt2, smollm, "
-         "qwen2",
-         name);
+    fail(
+        "unsupported pre-tokenizer '{}' (tokenizer.ggml.pre); kvgate implements gpt2, smollm, "
+        "qwen2",
+        name);
   }
   std::unique_ptr<splitter> s(new splitter());
   for (std::string_view pattern : patterns) {

@@ -12,11 +12,11 @@
 namespace kvgate {
 
 struct tokenizer::impl {
-  std::vector<std::string> text;         // [n_vocab] as in the vocabulary (byte-level for BPE)
-  std::vector<std::string> bytes;        // [n_vocab] what each token stands for
-  std::vector<token_type> types;         // [n_vocab]
-  std::vector<int32_t> special_ids;      // matched before pre-tokenization, longest text first
-  std::vector<int32_t> end_ids;          // end-of-generation ids, sorted
+  std::vector<std::string> text;     // [n_vocab] as in the vocabulary (byte-level for BPE)
+  std::vector<std::string> bytes;    // [n_vocab] what each token stands for
+  std::vector<token_type> types;     // [n_vocab]
+  std::vector<int32_t> special_ids;  // matched before pre-tokenization, longest text first
+  std::vector<int32_t> end_ids;      // end-of-generation ids, sorted
   std::unique_ptr<pre::splitter> splitter;
   std::unique_ptr<bpe::merger> merger;
   int32_t bos = -1;
@@ -91,9 +91,8 @@ std::unique_ptr<tokenizer> tokenizer::from_metadata(tokenizer_metadata m) {
     if (is_special(d.types[id]) && !m.tokens[id].empty()) d.special_ids.push_back(id);
   }
   // Longest first, so that a special token containing a shorter one wins (llama.cpp order).
-  std::stable_sort(d.special_ids.begin(), d.special_ids.end(), [&](int32_t a, int32_t b) {
-    return m.tokens[a].size() > m.tokens[b].size();
-  });
+  std::stable_sort(d.special_ids.begin(), d.special_ids.end(),
+                   [&](int32_t a, int32_t b) { return m.tokens[a].size() > m.tokens[b].size(); });
 
   d.bos = m.bos;
   d.eos = m.eos;
@@ -167,7 +166,8 @@ std::string tokenizer::token_bytes(int32_t id) const {
 std::string tokenizer::decode(std::span<const int32_t> ids) const {
   std::string out;
   for (int32_t id : ids) {
-    if (id < 0 || id >= n_vocab()) fail("token id {} is outside the vocabulary of {}", id, n_vocab());
+    if (id < 0 || id >= n_vocab())
+      fail("token id {} is outside the vocabulary of {}", id, n_vocab());
     out += impl_->bytes[id];
   }
   return out;

@@ -55,8 +55,10 @@ class tokenizer {
   // user-defined) token's text becomes that token; without it, control-token text is tokenized
   // as plain text. User-defined tokens (added vocabulary such as Qwen's "<tool_call>") are
   // matched either way, as llama.cpp and Hugging Face tokenizers do. Invalid UTF-8 is tokenized
-  // byte by byte (one byte token each), never rejected, so decode(encode(x)) == x for any bytes;
-  // llama.cpp instead turns each invalid byte into U+FFFD.
+  // byte by byte (one byte token each), never rejected (llama.cpp instead turns each invalid byte
+  // into U+FFFD). decode(encode(x)) == x unless x holds a byte the vocabulary has no token for:
+  // such bytes are dropped, as llama.cpp and Hugging Face do (SmolLM2 lacks 0x04 0x06 0x13 0x14
+  // 0x16 0x1D 0xC0 0xC1 0xF1 0xF2 0xF5..0xFF).
   std::vector<int32_t> encode(std::string_view text, bool parse_special = false) const;
 
   // The bytes a token stands for (control tokens give their text, e.g. "<|im_end|>").

@@ -15,7 +15,8 @@ int32_t optional_id(const gguf::file& file, std::string_view key, size_t n_vocab
   const gguf::value* v = file.find(key);
   if (!v) return -1;
   const uint64_t id = v->type() == gguf::value_type::i8 || v->type() == gguf::value_type::i16 ||
-                              v->type() == gguf::value_type::i32 || v->type() == gguf::value_type::i64
+                              v->type() == gguf::value_type::i32 ||
+                              v->type() == gguf::value_type::i64
                           ? static_cast<uint64_t>(v->as_i64())
                           : v->as_u64();
   return id < n_vocab ? static_cast<int32_t>(id) : -1;
@@ -47,7 +48,8 @@ tokenizer_metadata tokenizer::read_metadata(const gguf::file& file) {
     if (const gguf::value* v = file.find(key)) {
       const auto& elements = v->as_array();
       m.token_types.reserve(elements.size());
-      for (const gguf::value& e : elements) m.token_types.push_back(static_cast<int32_t>(e.as_i64()));
+      for (const gguf::value& e : elements)
+        m.token_types.push_back(static_cast<int32_t>(e.as_i64()));
     }
     key = "tokenizer.ggml.merges";
     m.merges = string_array(file, key);

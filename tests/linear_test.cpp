@@ -1,0 +1,114 @@
+// The matrix-product kernels (decode integer path, f32 dot path, sgemm path) against a slow
+// double-precision loop over the dequantized weight, for every supported type and edge sizes.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "model/linear.h"
+
+namespace kvgate {
+namespace {
+
+using gguf::tensor_type;
+
+struct weight_buffer {
+  std::vector<uint8_t> bytes;
+  linear w;
+};
+
+// Random weights of a type; K-quant blocks are random bytes with their f16 scales made small, so
+// every bit pattern of the quants and 6-bit scales is exercised.
+weight_buffer make_weight(tensor_type type, int64_t n_in, int64_t n_out, std::mt19937_64& rng) {
+  weight_buffer b;
+  const size_t row = gguf::row_bytes(type, n_in);
+  b.bytes.resize(row * n_out);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  const bool k_type = type == tensor_type::q4_k || type == tensor_type::q5_k || type == tensor_type::q6_k;
+  if (k_type) {
+    for (uint8_t& x : b.bytes) x = static_cast<uint8_t>(rng());
+    const size_t block = gguf::traits(type).type_size;
+    for (size_t off = 0; off < b.bytes.size(); off += block) {
+      const uint16_t d = gguf::f32_to_f16(0.01f * u(rng));
+      const uint16_t dmin = gguf::f32_to_f16(0.01f * u(rng));
+      if (type == tensor_type::q6_k) {
+        std::memcpy(&b.bytes[off + block - 2], &d, 2);
+      } else {
+        std::memcpy(&b.bytes[off], &d, 2);
+        std::memcpy(&b.bytes[off + 2], &dmin, 2);
+      }
+    }
+  } else {
+    std::vector<float> w(n_in);
+    for (int64_t r = 0; r < n_out; ++r) {
+      for (float& x : w) x = u(rng);
+      gguf::quantize(type, w.data(), b.bytes.data() + r * row, n_in);
+    }
+  }
+  b.w.type = type;
+  b.w.data = b.bytes.data();
+  b.w.n_in = n_in;
+  b.w.n_out = n_out;
+  b.w.row_bytes = row;
+  return b;
+}
+
+class linear_kernels : public ::testing::TestWithParam<tensor_type> {};
+
+TEST_P(linear_kernels, forward_matches_scalar_reference_on_all_paths) {
+  const tensor_type type = GetParam();
+  const int64_t block = gguf::traits(type).block_size;
+  std::mt19937_64 rng(static_cast<uint64_t>(type) + 1);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  linear_scratch scratch;
+  double worst = 0.0;
+  for (int64_t n_in : {32, 64, 96, 256, 512, 576, 1536}) {
+    if (n_in % block != 0) continue;
+    for (int64_t n_out : {1, 7, 33}) {
+      weight_buffer wb = make_weight(type, n_in, n_out, rng);
+      for (int64_t n_rows : {int64_t{1}, int64_t{3}, k_sgemm_min_rows, int64_t{17}}) {
+        std::vector<float> x(n_rows * n_in), y(n_rows * n_out);
+        for (float& v : x) v = normal(rng);
+        linear_forward(wb.w, x.data(), y.data(), n_rows, scratch);
+        // The integer path quantizes activations to 8 bits: error up to |w|.|x| / 127 per
+        // product; the f32 paths only round.
+        const bool int_path = n_rows < k_sgemm_min_rows &&
+                              (type == tensor_type::q4_0 || type == tensor_type::q4_1 || type == tensor_type::q8_0);
+        const double rel_tol = int_path ? 1.0 / 127 : 1e-5;
+        std::vector<float> row(n_in);
+        for (int64_t o = 0; o < n_out; ++o) {
+          gguf::dequantize(type, wb.w.row(o), row.data(), n_in);
+          for (int64_t r = 0; r < n_rows; ++r) {
+            const float* xr = x.data() + r * n_in;
+            const double ref = linear_row_dot_reference(wb.w, o, xr);
+            double mag = 0.0;
+            for (int64_t i = 0; i < n_in; ++i) mag += std::abs(static_cast<double>(row[i]) * xr[i]);
+            const double err = std::abs(y[r * n_out + o] - ref);
+            worst = std::max(worst, err / std::max(mag, 1e-30));
+            ASSERT_LE(err, rel_tol * mag + 1e-6) << gguf::traits(type).name << " n_in " << n_in << " n_out "
+                                                  << n_out << " n_rows " << n_rows << " o " << o << " r " << r;
+          }
+        }
+      }
+    }
+  }
+  std::printf("%s: worst |y - ref| / sum|w x| = %.3g\n", std::string(gguf::traits(type).name).c_str(), worst);
+}
+
+INSTANTIATE_TEST_SUITE_P(types, linear_kernels,
+                         ::testing::Values(tensor_type::f32, tensor_type::f16, tensor_type::bf16, tensor_type::q8_0,
+                                           tensor_type::q4_0, tensor_type::q4_1, tensor_type::q4_k,
+                                           tensor_type::q5_k, tensor_type::q6_k),
+                         [](const auto& info) { return std::string(gguf::traits(info.param).name); });
+
+TEST(linear, f32_row_dot_matches_reference) {
+  std::mt19937_64 rng(5);
+  weight_buffer wb = make_weight(tensor_type::q4_1, 576, 3, rng);
+  std::vector<float> x(576);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.1 * i);
+  for (int o = 0; o < 3; ++o) EXPECT_NEAR(linear_row_dot(wb.w, o, x.data()), linear_row_dot_reference(wb.w, o, x.data()), 1e-3);
+}
+
+}  // namespace
+}  // namespace kvgate
