@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/build.sh
 build/kvgate info | head -12
-echo "== question: What are the three primary colors? Answer in one sentence."
-build/kvgate generate --chat --prompt "What are the three primary colors? Answer in one sentence." -n 96 --temp 0
+echo "== question: What are the three primary colors?"
+build/kvgate generate --chat --prompt "What are the three primary colors?" -n 96 --temp 0

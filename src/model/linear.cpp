@@ -344,12 +344,15 @@ void linear_forward(const linear& w, const float* x, float* y, int64_t n_rows, l
   const int64_t n_out = w.n_out;
   if (n_rows < k_sgemm_min_rows && has_integer_kernel(w.type)) {
     // Decode: activations to 8 bits once, then integer dot products (as llama.cpp does).
-    thread_local std::vector<q8_activations> xq;
-    xq.resize(n_rows);
-    for (int64_t r = 0; r < n_rows; ++r) quantize_activations(x + r * w.n_in, w.n_in, xq[r]);
+    // Thread-local to the caller; the worker threads read it through this pointer (inside the
+    // parallel region the name would denote each worker's own, empty, copy).
+    thread_local std::vector<q8_activations> xq_storage;
+    std::vector<q8_activations>* xq = &xq_storage;
+    xq->resize(n_rows);
+    for (int64_t r = 0; r < n_rows; ++r) quantize_activations(x + r * w.n_in, w.n_in, (*xq)[r]);
 #pragma omp parallel for schedule(static) num_threads(g_threads)
     for (int64_t o = 0; o < n_out; ++o) {
-      for (int64_t r = 0; r < n_rows; ++r) y[r * n_out + o] = row_dot_q8(w, o, xq[r]);
+      for (int64_t r = 0; r < n_rows; ++r) y[r * n_out + o] = row_dot_q8(w, o, (*xq)[r]);
     }
     return;
   }

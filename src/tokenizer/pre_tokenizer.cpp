@@ -23,6 +23,38 @@ constexpr std::string_view k_qwen2 =
     R"((?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N})"
     R"(| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 
+// \s as llama.cpp's tables (and Python's and Rust's regex) define it: the Unicode White_Space
+// property. PCRE2's \s also matches U+180E (a format character since Unicode 6.3), which would
+// split " \u180e" apart where llama.cpp keeps it together.
+constexpr std::string_view k_space_chars =
+    R"(\t\n\x0B\f\r\x20\x85\xA0\x{1680}\x{2000}-\x{200A})"
+    R"(\x{2028}\x{2029}\x{202F}\x{205F}\x{3000})";
+
+// The pattern with \s and \S spelled out from k_space_chars (\S never occurs inside a class
+// in our patterns).
+std::string expand_whitespace(std::string_view pattern) {
+  std::string out;
+  bool in_class = false;
+  for (size_t i = 0; i < pattern.size(); ++i) {
+    const char c = pattern[i];
+    if (c == '\\' && i + 1 < pattern.size()) {
+      const char e = pattern[++i];
+      if (e == 's') {
+        out.append(in_class ? "" : "[").append(k_space_chars).append(in_class ? "" : "]");
+      } else if (e == 'S' && !in_class) {
+        out.append("[^").append(k_space_chars).append("]");
+      } else {
+        out.append({c, e});
+      }
+      continue;
+    }
+    if (c == '[') in_class = true;
+    if (c == ']') in_class = false;
+    out += c;
+  }
+  return out;
+}
+
 struct code_deleter {
   void operator()(pcre2_code* code) const { pcre2_code_free(code); }
 };
@@ -38,7 +70,8 @@ struct splitter::stage {
 
 namespace {
 
-std::unique_ptr<pcre2_code, code_deleter> compile(std::string_view pattern) {
+std::unique_ptr<pcre2_code, code_deleter> compile(std::string_view written) {
+  const std::string pattern = expand_whitespace(written);
   int error_code = 0;
   PCRE2_SIZE error_offset = 0;
   pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
