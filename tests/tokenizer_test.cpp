@@ -267,6 +267,49 @@ TEST(tokenizer_errors, refuses_what_it_does_not_implement) {
   EXPECT_NE(error_of(m).find("eos"), std::string::npos);
 }
 
+gguf::value string_array(const std::vector<std::string>& strings) {
+  gguf::value::array a;
+  for (const auto& s : strings) a.push_back(gguf::value::of_string(s));
+  return gguf::value::of_array(gguf::value_type::string, std::move(a));
+}
+
+TEST(tokenizer_gguf, reads_metadata_and_names_the_file_in_errors) {
+  const std::string path = test::temp_dir() + "/vocab.gguf";
+  gguf::writer w;
+  w.set("tokenizer.ggml.model", gguf::value::of_string("gpt2"));
+  w.set("tokenizer.ggml.tokens", string_array({"a", "b", "ab"}));
+  w.set("tokenizer.ggml.merges", string_array({"a b"}));
+  w.set("tokenizer.ggml.eos_token_id", gguf::value::of_u32(2));
+  w.set("tokenizer.ggml.eot_token_id", gguf::value::of_u32(0xFFFFFFFF));  // "none"
+  w.write(path);
+  {
+    auto t = tokenizer::from_gguf(*gguf::file::open(path));
+    EXPECT_EQ(t->encode("ab ba"), (ids{2, 1, 0}));  // " " has no token: dropped
+    EXPECT_EQ(t->eos(), 2);
+    EXPECT_EQ(t->bos(), -1);
+    EXPECT_EQ(t->type(0), token_type::normal);
+    EXPECT_EQ(t->default_system_prompt(), std::nullopt);
+  }
+  w.set("tokenizer.ggml.model", gguf::value::of_string("llama"));
+  w.write(path);
+  try {
+    tokenizer::from_gguf(*gguf::file::open(path));
+    ADD_FAILURE() << "no error";
+  } catch (const error& e) {
+    EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("'llama'"), std::string::npos) << e.what();
+  }
+  w.set("tokenizer.ggml.model", gguf::value::of_string("gpt2"));
+  w.set("tokenizer.ggml.merges", gguf::value::of_u32(3));
+  w.write(path);
+  try {
+    tokenizer::from_gguf(*gguf::file::open(path));
+    ADD_FAILURE() << "no error";
+  } catch (const error& e) {
+    EXPECT_NE(std::string(e.what()).find("tokenizer.ggml.merges"), std::string::npos) << e.what();
+  }
+}
+
 // ---- chat --------------------------------------------------------------------------------------
 
 const char* k_smollm2_template =
@@ -447,7 +490,7 @@ TEST(tokenizer_smollm2, corpus_round_trip_and_speed) {
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     EXPECT_EQ(t.decode(out), text) << pre;
-    EXPECT_LT(seconds, 0.5) << pre << ": " << out.size() << " tokens";
+    EXPECT_LT(seconds, 1.0) << pre << ": " << out.size() << " tokens";  // ~20 ms in Release
     RecordProperty("encode_100kb_seconds_" + pre, std::to_string(seconds));
   }
 }

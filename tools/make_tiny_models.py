@@ -48,7 +48,7 @@ ROOT = os.path.dirname(HERE)
 SPECS = {
     "llama": dict(
         seed=1001, n_embd=128, n_layer=3, n_head=4, n_kv=2, d_head=32, n_ff=256,
-        rope_base=10000.0, eps=1e-6, tied=True, pre="smollm", 
+        rope_base=10000.0, eps=1e-6, tied=True, pre="smollm",
         emb_std=0.35, gain=2.0,
         token_embd=QT.Q4_0, output=None,
         layers=[
@@ -59,7 +59,7 @@ SPECS = {
     ),
     "qwen2": dict(
         seed=1002, n_embd=64, n_layer=2, n_head=4, n_kv=2, d_head=16, n_ff=256,
-        rope_base=1000000.0, eps=1e-6, tied=False, pre="qwen2", 
+        rope_base=1000000.0, eps=1e-6, tied=False, pre="qwen2",
         emb_std=0.35, gain=2.0, out_std=0.7,
         token_embd=QT.Q8_0, output=QT.Q4_1,
         layers=[
@@ -69,7 +69,7 @@ SPECS = {
     ),
     "qwen3": dict(
         seed=1003, n_embd=128, n_layer=2, n_head=4, n_kv=2, d_head=64, n_ff=256,
-        rope_base=10000.0, eps=1e-6, tied=True, pre="qwen2", 
+        rope_base=10000.0, eps=1e-6, tied=True, pre="qwen2",
         emb_std=0.35, gain=2.0,
         token_embd=QT.Q4_1, output=None,
         layers=[

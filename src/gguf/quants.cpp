@@ -63,10 +63,12 @@ void dequantize_q4_0(const uint8_t* src, float* y, int64_t nb) {
   for (int64_t ib = 0; ib < nb; ++ib, src += 18, y += qk) {
     const float d = half_to_float(load_u16(src));
     const uint8_t* qs = src + 2;
+    int8_t q[qk];  // unpacked first: GCC vectorizes these two loops, not one interleaved loop
     for (int j = 0; j < qk / 2; ++j) {
-      y[j] = static_cast<float>((qs[j] & 0x0f) - 8) * d;
-      y[j + qk / 2] = static_cast<float>((qs[j] >> 4) - 8) * d;
+      q[j] = static_cast<int8_t>((qs[j] & 0x0f) - 8);
+      q[j + qk / 2] = static_cast<int8_t>((qs[j] >> 4) - 8);
     }
+    for (int j = 0; j < qk; ++j) y[j] = static_cast<float>(q[j]) * d;
   }
 }
 
@@ -76,10 +78,12 @@ void dequantize_q4_1(const uint8_t* src, float* y, int64_t nb) {
     const float d = half_to_float(load_u16(src));
     const float m = half_to_float(load_u16(src + 2));
     const uint8_t* qs = src + 4;
+    uint8_t q[qk];
     for (int j = 0; j < qk / 2; ++j) {
-      y[j] = static_cast<float>(qs[j] & 0x0f) * d + m;
-      y[j + qk / 2] = static_cast<float>(qs[j] >> 4) * d + m;
+      q[j] = qs[j] & 0x0f;
+      q[j + qk / 2] = qs[j] >> 4;
     }
+    for (int j = 0; j < qk; ++j) y[j] = static_cast<float>(q[j]) * d + m;
   }
 }
 

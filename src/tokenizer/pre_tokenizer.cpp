@@ -26,9 +26,8 @@ constexpr std::string_view k_qwen2 =
 // \s as llama.cpp's tables (and Python's and Rust's regex) define it: the Unicode White_Space
 // property. PCRE2's \s also matches U+180E (a format character since Unicode 6.3), which would
 // split " \u180e" apart where llama.cpp keeps it together.
-constexpr std::string_view k_space_chars =
-    R"(\t\n\x0B\f\r\x20\x85\xA0\x{1680}\x{2000}-\x{200A})"
-    R"(\x{2028}\x{2029}\x{202F}\x{205F}\x{3000})";
+constexpr std::string_view k_space_chars = R"(\t\n\x0B\f\r\x20\x85\xA0\x{1680}\x{2000}-\x{200A})"
+                                           R"(\x{2028}\x{2029}\x{202F}\x{205F}\x{3000})";
 
 // The pattern with \s and \S spelled out from k_space_chars (\S never occurs inside a class
 // in our patterns).

@@ -40,6 +40,7 @@ struct tokenizer_metadata {
   std::string chat_template;         // tokenizer.chat_template (Jinja), "" when absent
 };
 
+// Immutable once built: every const method may be called from several threads at once.
 class tokenizer {
  public:
   // Throws error when the vocabulary is missing or malformed, or the model / pre-tokenizer kind

@@ -1,0 +1,55 @@
+// Micro-benchmarks of the matrix-product kernels at SmolLM2-135M's shapes: the decode path (one
+// row, integer dot products) and the prefill path (dequantize + sgemm).
+#include <benchmark/benchmark.h>
+
+#include <random>
+
+#include "model/linear.h"
+
+namespace {
+
+using kvgate::gguf::tensor_type;
+
+struct bench_weight {
+  std::vector<uint8_t> bytes;
+  kvgate::linear w;
+};
+
+bench_weight make(tensor_type type, int64_t n_in, int64_t n_out) {
+  bench_weight b;
+  const size_t row = kvgate::gguf::row_bytes(type, n_in);
+  b.bytes.resize(row * n_out);
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> x(n_in);
+  for (int64_t r = 0; r < n_out; ++r) {
+    for (float& v : x) v = u(rng);
+    kvgate::gguf::quantize(type, x.data(), b.bytes.data() + r * row, n_in);
+  }
+  b.w = {type, b.bytes.data(), n_in, n_out, row};
+  return b;
+}
+
+// args: n_in, n_out, n_rows
+void run(benchmark::State& state, tensor_type type) {
+  const int64_t n_in = state.range(0), n_out = state.range(1), n_rows = state.range(2);
+  kvgate::set_compute_threads(1);
+  bench_weight b = make(type, n_in, n_out);
+  std::vector<float> x(n_rows * n_in, 0.5f), y(n_rows * n_out);
+  kvgate::linear_scratch scratch;
+  for (auto _ : state) {
+    kvgate::linear_forward(b.w, x.data(), y.data(), n_rows, scratch);
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.counters["MAC/s"] = benchmark::Counter(static_cast<double>(n_in * n_out * n_rows) * state.iterations(),
+                                               benchmark::Counter::kIsRate);
+}
+
+void BM_linear_q4_1(benchmark::State& state) { run(state, tensor_type::q4_1); }
+void BM_linear_q8_0(benchmark::State& state) { run(state, tensor_type::q8_0); }
+
+// ffn_up of SmolLM2 (576 -> 1536) and the tied output head (576 -> 49152)
+BENCHMARK(BM_linear_q4_1)->Args({576, 1536, 1})->Args({576, 1536, 64})->Args({1536, 576, 1});
+BENCHMARK(BM_linear_q8_0)->Args({576, 49152, 1})->Args({576, 4096, 64});
+
+}  // namespace
