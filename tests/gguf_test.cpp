@@ -1,6 +1,6 @@
-// Tests for src/gguf: writer -> reader round trips, hostile and truncated files, the default model's
-// header, and dequantization / quantization against gguf-py's independent numpy implementation
-// (tests/data/gguf/quant_golden.gguf, made by tools/make_quant_golden.py).
+// Tests for src/gguf: writer -> reader round trips, hostile and truncated files, the default
+// model's header, and dequantization / quantization against gguf-py's independent numpy
+// implementation (tests/data/gguf/quant_golden.gguf, made by tools/make_quant_golden.py).
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -112,14 +112,15 @@ writer sample_writer() {
   w.set("bool", value::of_bool(true));
   w.set("string", value::of_string("h\xc3\xa9llo\n"));
   w.set("empty_string", value::of_string(""));
-  w.set("strings", value::of_array(value_type::string,
-                                   {value::of_string("a"), value::of_string(""), value::of_string("ccc")}));
+  w.set("strings", value::of_array(value_type::string, {value::of_string("a"), value::of_string(""),
+                                                        value::of_string("ccc")}));
   w.set("empty_array", value::of_array(value_type::f64, {}));
-  w.set("nested", value::of_array(value_type::array,
-                                  {value::of_array(value_type::i16, {value::of_i16(-1), value::of_i16(2)}),
-                                   value::of_array(value_type::boolean, {value::of_bool(false)}),
-                                   value::of_array(value_type::array,
-                                                   {value::of_array(value_type::u8, {value::of_u8(7)})})}));
+  w.set("nested",
+        value::of_array(value_type::array,
+                        {value::of_array(value_type::i16, {value::of_i16(-1), value::of_i16(2)}),
+                         value::of_array(value_type::boolean, {value::of_bool(false)}),
+                         value::of_array(value_type::array,
+                                         {value::of_array(value_type::u8, {value::of_u8(7)})})}));
   const std::vector<float> x = random_floats(256, 1, 0.1f, 10.0f);
   for (tensor_type t : {tensor_type::f16, tensor_type::bf16, tensor_type::q8_0, tensor_type::q4_0,
                         tensor_type::q4_1}) {
@@ -272,8 +273,8 @@ TEST(gguf_roundtrip, set_replaces_a_key_in_place) {
 TEST(gguf_roundtrip, writer_refuses_inconsistent_tensors) {
   writer w;
   const bytes q(34);
-  EXPECT_THROW(w.add_tensor("short", {64}, tensor_type::q8_0, q), error);       // needs 68 bytes
-  EXPECT_THROW(w.add_tensor("odd", {33}, tensor_type::q8_0, q), error);         // not whole blocks
+  EXPECT_THROW(w.add_tensor("short", {64}, tensor_type::q8_0, q), error);  // needs 68 bytes
+  EXPECT_THROW(w.add_tensor("odd", {33}, tensor_type::q8_0, q), error);    // not whole blocks
   EXPECT_THROW(w.add_tensor("zero", {32, 0}, tensor_type::q8_0, q), error);
   EXPECT_THROW(w.add_tensor("five", {32, 1, 1, 1, 1}, tensor_type::q8_0, q), error);
   EXPECT_THROW(w.add_tensor(std::string(65, 'n'), {32}, tensor_type::q8_0, q), error);
@@ -353,7 +354,9 @@ struct hostile_case {
 std::vector<hostile_case> hostile_cases() {
   const uint64_t huge = uint64_t{1} << 62;
   std::vector<hostile_case> c;
-  auto kv = [](std::string_view key, uint32_t type) { return raw().header(0, 1).str(key).u32(type); };
+  auto kv = [](std::string_view key, uint32_t type) {
+    return raw().header(0, 1).str(key).u32(type);
+  };
   c.push_back({"bad_magic", raw().header(0, 0).b, "not a GGUF file"});
   c.back().file[3] = 'X';
   c.push_back({"version_1", raw().header(0, 0, 1).b, "version 1 is not supported"});
@@ -366,15 +369,14 @@ std::vector<hostile_case> hostile_cases() {
   c.push_back({"giant_array_count", kv("a", 9).u32(4).u64(huge).b, "cannot fit"});
   c.push_back({"giant_array_of_arrays", kv("a", 9).u32(9).u64(huge / 8).b, "cannot fit"});
   c.push_back({"unknown_value_type", kv("k", 13).u32(0).b, "unknown value type 13"});
-  c.push_back({"unknown_array_element_type", kv("k", 9).u32(77).u64(0).b,
-               "unknown array element type 77"});
+  c.push_back(
+      {"unknown_array_element_type", kv("k", 9).u32(77).u64(0).b, "unknown array element type 77"});
   raw deep = kv("deep", 9);
   for (int i = 0; i < 12; ++i) deep.u32(9).u64(1);
   c.push_back({"deep_array_nesting", deep.b, "nested deeper"});
   c.push_back({"bool_neither_0_nor_1", kv("b", 7).put<uint8_t>(2).b, "neither 0 nor 1"});
   c.push_back({"truncated_value", kv("x", 10).u32(1).b, "truncated"});
-  c.push_back({"duplicate_key",
-               raw().header(0, 2).str("k").u32(4).u32(1).str("k").u32(4).u32(2).b,
+  c.push_back({"duplicate_key", raw().header(0, 2).str("k").u32(4).u32(1).str("k").u32(4).u32(2).b,
                "duplicate metadata key 'k'"});
   c.push_back({"alignment_not_power_of_two", kv("general.alignment", 4).u32(48).b, "power of two"});
   c.push_back({"alignment_zero", kv("general.alignment", 4).u32(0).b, "power of two"});
@@ -392,16 +394,16 @@ std::vector<hostile_case> hostile_cases() {
   c.push_back({"zero_dims", one("t", {}, 0, 0, 128), "0 dimensions"});
   c.push_back({"five_dims", one("t", {1, 1, 1, 1, 1}, 0, 0, 128), "5 dimensions"});
   c.push_back({"zero_dim", one("t", {4, 0}, 0, 0, 128), "dimension 1 is 0"});
-  c.push_back({"dims_overflow", one("t", {uint64_t{1} << 32, uint64_t{1} << 32}, 0, 0, 128),
-               "overflow"});
+  c.push_back(
+      {"dims_overflow", one("t", {uint64_t{1} << 32, uint64_t{1} << 32}, 0, 0, 128), "overflow"});
   c.push_back({"unknown_tensor_type", one("t", {32}, 6, 0, 128), "type 6 (Q5_0)"});
   c.push_back({"unknown_tensor_type_id", one("t", {32}, 1000, 0, 128), "type 1000 (unknown)"});
   c.push_back({"ne0_not_whole_blocks", one("t", {33}, 8, 0, 128),
                "not a multiple of the Q8_0 block size 32"});
   c.push_back({"offset_outside_file", one("t", {4}, 0, uint64_t{1} << 40, 128), "outside"});
   c.push_back({"offset_wraps_around", one("t", {4}, 0, ~uint64_t{31}, 128), "outside"});
-  c.push_back({"misaligned_offset", one("t", {4}, 0, 4, 128),
-               "not a multiple of the alignment 32"});
+  c.push_back(
+      {"misaligned_offset", one("t", {4}, 0, 4, 128), "not a multiple of the alignment 32"});
   c.push_back({"data_one_byte_short", one("t", {8}, 0, 0, 31), "outside"});
   raw dup;
   dup.header(2, 0).tensor("t", {4}, 0, 0).tensor("t", {4}, 0, 32).pad();
@@ -459,11 +461,11 @@ TEST(gguf_half, f16_known_bit_patterns) {
   EXPECT_EQ(f32_to_f16(-INFINITY), 0xfc00);
   EXPECT_EQ(f32_to_f16(NAN) & 0x7e00, 0x7e00);
   EXPECT_EQ(f32_to_f16(std::bit_cast<float>(0xff812345u)), 0xfe09);  // quiet, payload's top bits
-  EXPECT_EQ(f32_to_f16(1.0f + 0x1p-11f), 0x3c00);      // tie to even (down)
-  EXPECT_EQ(f32_to_f16(1.0f + 3 * 0x1p-11f), 0x3c02);  // tie to even (up)
+  EXPECT_EQ(f32_to_f16(1.0f + 0x1p-11f), 0x3c00);                    // tie to even (down)
+  EXPECT_EQ(f32_to_f16(1.0f + 3 * 0x1p-11f), 0x3c02);                // tie to even (up)
   EXPECT_EQ(f32_to_f16(0x1p-24f), 0x0001);
-  EXPECT_EQ(f32_to_f16(0x1p-25f), 0x0000);        // subnormal tie to even (zero)
-  EXPECT_EQ(f32_to_f16(3 * 0x1p-25f), 0x0002);    // subnormal tie to even (up)
+  EXPECT_EQ(f32_to_f16(0x1p-25f), 0x0000);      // subnormal tie to even (zero)
+  EXPECT_EQ(f32_to_f16(3 * 0x1p-25f), 0x0002);  // subnormal tie to even (up)
   EXPECT_EQ(f32_to_f16(0x1p-25f * 1.0001f), 0x0001);
   EXPECT_EQ(f32_to_f16(0x1p-14f - 0x1p-25f), 0x0400);  // rounds up into the normals
   EXPECT_EQ(f32_to_f16(1e-40f), 0x0000);
@@ -478,8 +480,8 @@ TEST(gguf_half, f16_to_f32_is_exact_for_all_65536_halves) {
       EXPECT_TRUE(mant ? std::isnan(f) : std::isinf(f)) << h;
       continue;
     }
-    const double expect = exp == 0 ? sign * std::ldexp(mant, -24)
-                                   : sign * std::ldexp(1024 + mant, exp - 25);
+    const double expect =
+        exp == 0 ? sign * std::ldexp(mant, -24) : sign * std::ldexp(1024 + mant, exp - 25);
     ASSERT_EQ(static_cast<double>(f), expect) << h;
     ASSERT_EQ(f32_to_f16(f), h) << h;  // and back
     ASSERT_EQ(std::signbit(f), (h & 0x8000) != 0) << h;
@@ -524,13 +526,18 @@ TEST(gguf_half, bf16_known_bit_patterns) {
 // dequantization and quantization
 
 TEST(gguf_quant, type_table_matches_ggml) {
-  struct row { tensor_type type; const char* name; int64_t block; size_t size; };
-  for (const row& r : {row{tensor_type::f32, "F32", 1, 4}, row{tensor_type::f16, "F16", 1, 2},
-                       row{tensor_type::bf16, "BF16", 1, 2}, row{tensor_type::q8_0, "Q8_0", 32, 34},
-                       row{tensor_type::q4_0, "Q4_0", 32, 18}, row{tensor_type::q4_1, "Q4_1", 32, 20},
-                       row{tensor_type::q4_k, "Q4_K", 256, 144},
-                       row{tensor_type::q5_k, "Q5_K", 256, 176},
-                       row{tensor_type::q6_k, "Q6_K", 256, 210}}) {
+  struct row {
+    tensor_type type;
+    const char* name;
+    int64_t block;
+    size_t size;
+  };
+  for (const row& r :
+       {row{tensor_type::f32, "F32", 1, 4}, row{tensor_type::f16, "F16", 1, 2},
+        row{tensor_type::bf16, "BF16", 1, 2}, row{tensor_type::q8_0, "Q8_0", 32, 34},
+        row{tensor_type::q4_0, "Q4_0", 32, 18}, row{tensor_type::q4_1, "Q4_1", 32, 20},
+        row{tensor_type::q4_k, "Q4_K", 256, 144}, row{tensor_type::q5_k, "Q5_K", 256, 176},
+        row{tensor_type::q6_k, "Q6_K", 256, 210}}) {
     EXPECT_EQ(traits(r.type).name, r.name);
     EXPECT_EQ(traits(r.type).block_size, r.block);
     EXPECT_EQ(traits(r.type).type_size, r.size);
@@ -572,8 +579,8 @@ TEST(gguf_quant, dequantize_matches_gguf_py_golden_exactly) {
     types_seen.insert(std::string(traits(t.type).name));
     ++n_checked;
   }
-  EXPECT_EQ(types_seen, (std::set<std::string>{"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1",
-                                               "Q4_K", "Q5_K", "Q6_K"}));
+  EXPECT_EQ(types_seen, (std::set<std::string>{"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K",
+                                               "Q5_K", "Q6_K"}));
   EXPECT_NE(f->find_tensor("real.token_embd.weight"), nullptr);
   EXPECT_NE(f->find_tensor("real.blk.0.attn_q.weight"), nullptr);
   EXPECT_EQ(n_checked, 11);
@@ -607,8 +614,8 @@ TEST(gguf_quant, quantize_matches_gguf_py_bytes_exactly) {
 TEST(gguf_quant, quantize_dequantize_error_is_within_the_type_bound) {
   const int64_t n = 32 * 4096;
   std::vector<float> x = random_floats(n, 7, 1e-2f, 1e2f);
-  std::fill(x.begin(), x.begin() + 32, 0.0f);          // zero block
-  std::fill(x.begin() + 32, x.begin() + 64, -3.25f);   // constant block
+  std::fill(x.begin(), x.begin() + 32, 0.0f);         // zero block
+  std::fill(x.begin() + 32, x.begin() + 64, -3.25f);  // constant block
   for (tensor_type t : {tensor_type::f32, tensor_type::f16, tensor_type::bf16, tensor_type::q8_0,
                         tensor_type::q4_0, tensor_type::q4_1}) {
     SCOPED_TRACE(traits(t).name);
@@ -631,11 +638,21 @@ TEST(gguf_quant, quantize_dequantize_error_is_within_the_type_bound) {
       for (int j = 0; j < 32; ++j) {
         double bound = 0;
         switch (t) {
-          case tensor_type::f32: bound = 0; break;
-          case tensor_type::f16: bound = f16_err(xb[j]); break;
-          case tensor_type::bf16: bound = std::fabs(xb[j]) * 0x1p-8; break;
-          case tensor_type::q8_0: bound = amax / 127.0 / 2 + 127 * f16_err(amax / 127.0) + slack; break;
-          case tensor_type::q4_0: bound = amax / 8.0 + 8 * f16_err(amax / 8.0) + slack; break;
+          case tensor_type::f32:
+            bound = 0;
+            break;
+          case tensor_type::f16:
+            bound = f16_err(xb[j]);
+            break;
+          case tensor_type::bf16:
+            bound = std::fabs(xb[j]) * 0x1p-8;
+            break;
+          case tensor_type::q8_0:
+            bound = amax / 127.0 / 2 + 127 * f16_err(amax / 127.0) + slack;
+            break;
+          case tensor_type::q4_0:
+            bound = amax / 8.0 + 8 * f16_err(amax / 8.0) + slack;
+            break;
           default: {
             const double d = (max - min) / 15.0;
             bound = d / 2 + 15 * f16_err(d) + f16_err(min) + slack;

@@ -6,7 +6,7 @@
 #include <cstring>
 #include <string_view>
 
-#if defined(__F16C__)
+#if defined(__F16C__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -14,7 +14,8 @@
 
 namespace kvgate::gguf::detail {
 
-static_assert(std::endian::native == std::endian::little, "GGUF is little-endian; so is this reader");
+static_assert(std::endian::native == std::endian::little,
+              "GGUF is little-endian; so is this reader");
 
 inline constexpr char magic[4] = {'G', 'G', 'U', 'F'};
 inline constexpr uint32_t default_alignment = 32;
@@ -42,12 +43,25 @@ inline bool is_valid(value_type t) { return static_cast<uint32_t>(t) <= 12; }
 // anything is reserved for it.
 inline uint64_t min_encoded_size(value_type t) {
   switch (t) {
-    case value_type::u8: case value_type::i8: case value_type::boolean: return 1;
-    case value_type::u16: case value_type::i16: return 2;
-    case value_type::u32: case value_type::i32: case value_type::f32: return 4;
-    case value_type::u64: case value_type::i64: case value_type::f64: return 8;
-    case value_type::string: return 8;   // u64 length
-    case value_type::array: return 12;   // u32 element type + u64 count
+    case value_type::u8:
+    case value_type::i8:
+    case value_type::boolean:
+      return 1;
+    case value_type::u16:
+    case value_type::i16:
+      return 2;
+    case value_type::u32:
+    case value_type::i32:
+    case value_type::f32:
+      return 4;
+    case value_type::u64:
+    case value_type::i64:
+    case value_type::f64:
+      return 8;
+    case value_type::string:
+      return 8;  // u64 length
+    case value_type::array:
+      return 12;  // u32 element type + u64 count
   }
   return 1;
 }

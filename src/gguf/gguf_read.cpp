@@ -106,23 +106,35 @@ value read_array(cursor& c, int depth, const std::string& key) {
 
 value read_value(cursor& c, value_type type, int depth, const std::string& key) {
   switch (type) {
-    case value_type::u8: return value::of_u8(c.read<uint8_t>("u8 value"));
-    case value_type::i8: return value::of_i8(c.read<int8_t>("i8 value"));
-    case value_type::u16: return value::of_u16(c.read<uint16_t>("u16 value"));
-    case value_type::i16: return value::of_i16(c.read<int16_t>("i16 value"));
-    case value_type::u32: return value::of_u32(c.read<uint32_t>("u32 value"));
-    case value_type::i32: return value::of_i32(c.read<int32_t>("i32 value"));
-    case value_type::u64: return value::of_u64(c.read<uint64_t>("u64 value"));
-    case value_type::i64: return value::of_i64(c.read<int64_t>("i64 value"));
-    case value_type::f32: return value::of_f32(c.read<float>("f32 value"));
-    case value_type::f64: return value::of_f64(c.read<double>("f64 value"));
+    case value_type::u8:
+      return value::of_u8(c.read<uint8_t>("u8 value"));
+    case value_type::i8:
+      return value::of_i8(c.read<int8_t>("i8 value"));
+    case value_type::u16:
+      return value::of_u16(c.read<uint16_t>("u16 value"));
+    case value_type::i16:
+      return value::of_i16(c.read<int16_t>("i16 value"));
+    case value_type::u32:
+      return value::of_u32(c.read<uint32_t>("u32 value"));
+    case value_type::i32:
+      return value::of_i32(c.read<int32_t>("i32 value"));
+    case value_type::u64:
+      return value::of_u64(c.read<uint64_t>("u64 value"));
+    case value_type::i64:
+      return value::of_i64(c.read<int64_t>("i64 value"));
+    case value_type::f32:
+      return value::of_f32(c.read<float>("f32 value"));
+    case value_type::f64:
+      return value::of_f64(c.read<double>("f64 value"));
     case value_type::boolean: {
       const auto b = c.read<uint8_t>("bool value");
       if (b > 1) c.bad("key '{}': bool value {} is neither 0 nor 1", key, b);
       return value::of_bool(b != 0);
     }
-    case value_type::string: return value::of_string(c.read_string("string value"));
-    case value_type::array: return read_array(c, depth, key);
+    case value_type::string:
+      return value::of_string(c.read_string("string value"));
+    case value_type::array:
+      return read_array(c, depth, key);
   }
   c.bad("key '{}': unknown value type {}", key, static_cast<uint32_t>(type));
 }
@@ -210,14 +222,17 @@ std::unique_ptr<file> file::open(const std::string& path) {
   c.need(4, "magic");
   if (std::memcmp(f->map_, detail::magic, 4) != 0) {
     const uint8_t* m = f->map_;
-    c.bad("not a GGUF file: magic bytes are {:02x} {:02x} {:02x} {:02x}, expected 47 47 55 46 "
-          "(\"GGUF\")", m[0], m[1], m[2], m[3]);
+    c.bad(
+        "not a GGUF file: magic bytes are {:02x} {:02x} {:02x} {:02x}, expected 47 47 55 46 "
+        "(\"GGUF\")",
+        m[0], m[1], m[2], m[3]);
   }
   c.read<uint32_t>("magic");
   f->version_ = c.read<uint32_t>("version");
   if (f->version_ == 1) {
-    c.bad("GGUF version 1 is not supported (it used 32-bit counts); convert the model again "
-          "with a current llama.cpp");
+    c.bad(
+        "GGUF version 1 is not supported (it used 32-bit counts); convert the model again "
+        "with a current llama.cpp");
   }
   if (f->version_ == 0x02000000 || f->version_ == 0x03000000) {
     c.bad("big-endian GGUF is not supported");
@@ -288,10 +303,11 @@ std::unique_ptr<file> file::open(const std::string& path) {
     }
     if (data_start > f->size_ || t.offset > f->size_ - data_start ||
         t.n_bytes > f->size_ - data_start - t.offset) {
-      fail("{}: tensor '{}' {} {}: its {} bytes at data offset {} (file byte {}) lie outside the "
-           "{}-byte file",
-           path, t.name, shape_string(t.ne), traits(t.type).name, t.n_bytes, t.offset,
-           static_cast<uint64_t>(data_start) + t.offset, f->size_);
+      fail(
+          "{}: tensor '{}' {} {}: its {} bytes at data offset {} (file byte {}) lie outside the "
+          "{}-byte file",
+          path, t.name, shape_string(t.ne), traits(t.type).name, t.n_bytes, t.offset,
+          static_cast<uint64_t>(data_start) + t.offset, f->size_);
     }
     t.data = f->map_ + data_start + t.offset;
   }

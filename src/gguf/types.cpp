@@ -24,15 +24,24 @@ constexpr type_traits traits_q6_k{"Q6_K", 256, 210};
 
 const type_traits* find_traits(tensor_type type) {
   switch (type) {
-    case tensor_type::f32: return &traits_f32;
-    case tensor_type::f16: return &traits_f16;
-    case tensor_type::bf16: return &traits_bf16;
-    case tensor_type::q4_0: return &traits_q4_0;
-    case tensor_type::q4_1: return &traits_q4_1;
-    case tensor_type::q8_0: return &traits_q8_0;
-    case tensor_type::q4_k: return &traits_q4_k;
-    case tensor_type::q5_k: return &traits_q5_k;
-    case tensor_type::q6_k: return &traits_q6_k;
+    case tensor_type::f32:
+      return &traits_f32;
+    case tensor_type::f16:
+      return &traits_f16;
+    case tensor_type::bf16:
+      return &traits_bf16;
+    case tensor_type::q4_0:
+      return &traits_q4_0;
+    case tensor_type::q4_1:
+      return &traits_q4_1;
+    case tensor_type::q8_0:
+      return &traits_q8_0;
+    case tensor_type::q4_k:
+      return &traits_q4_k;
+    case tensor_type::q5_k:
+      return &traits_q5_k;
+    case tensor_type::q6_k:
+      return &traits_q6_k;
   }
   return nullptr;
 }
@@ -57,19 +66,32 @@ size_t row_bytes(tensor_type type, int64_t ne0) {
 
 std::string value_type_name(value_type type) {
   switch (type) {
-    case value_type::u8: return "u8";
-    case value_type::i8: return "i8";
-    case value_type::u16: return "u16";
-    case value_type::i16: return "i16";
-    case value_type::u32: return "u32";
-    case value_type::i32: return "i32";
-    case value_type::f32: return "f32";
-    case value_type::boolean: return "bool";
-    case value_type::string: return "string";
-    case value_type::array: return "array";
-    case value_type::u64: return "u64";
-    case value_type::i64: return "i64";
-    case value_type::f64: return "f64";
+    case value_type::u8:
+      return "u8";
+    case value_type::i8:
+      return "i8";
+    case value_type::u16:
+      return "u16";
+    case value_type::i16:
+      return "i16";
+    case value_type::u32:
+      return "u32";
+    case value_type::i32:
+      return "i32";
+    case value_type::f32:
+      return "f32";
+    case value_type::boolean:
+      return "bool";
+    case value_type::string:
+      return "string";
+    case value_type::array:
+      return "array";
+    case value_type::u64:
+      return "u64";
+    case value_type::i64:
+      return "i64";
+    case value_type::f64:
+      return "f64";
   }
   return "type " + std::to_string(static_cast<uint32_t>(type));
 }
@@ -79,11 +101,11 @@ namespace detail {
 std::string_view ggml_type_name(uint32_t id) {
   // ggml.h enum ggml_type; ids 4, 5 and 31..33, 36..38 were removed from ggml.
   static constexpr std::string_view names[] = {
-      "F32",    "F16",    "Q4_0",    "Q4_1",   "removed", "removed", "Q5_0",    "Q5_1",
-      "Q8_0",   "Q8_1",   "Q2_K",    "Q3_K",   "Q4_K",    "Q5_K",    "Q6_K",    "Q8_K",
-      "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL",  "IQ3_S",   "IQ2_S",   "IQ4_XS",
-      "I8",     "I16",    "I32",     "I64",    "F64",     "IQ1_M",   "BF16",    "removed",
-      "removed", "removed", "TQ1_0",  "TQ2_0",  "removed", "removed", "removed", "MXFP4",
+      "F32",     "F16",     "Q4_0",    "Q4_1",  "removed", "removed", "Q5_0",    "Q5_1",
+      "Q8_0",    "Q8_1",    "Q2_K",    "Q3_K",  "Q4_K",    "Q5_K",    "Q6_K",    "Q8_K",
+      "IQ2_XXS", "IQ2_XS",  "IQ3_XXS", "IQ1_S", "IQ4_NL",  "IQ3_S",   "IQ2_S",   "IQ4_XS",
+      "I8",      "I16",     "I32",     "I64",   "F64",     "IQ1_M",   "BF16",    "removed",
+      "removed", "removed", "TQ1_0",   "TQ2_0", "removed", "removed", "removed", "MXFP4",
   };
   return id < std::size(names) ? names[id] : "unknown";
 }

@@ -24,12 +24,12 @@ bool is_float(value_type t) { return t == value_type::f32 || t == value_type::f6
 
 }  // namespace
 
-#define KVGATE_GGUF_OF(name, ctype, vtype, stored)        \
-  value value::of_##name(ctype v) {                       \
-    value out;                                            \
-    out.type_ = value_type::vtype;                        \
-    out.data_ = static_cast<stored>(v);                   \
-    return out;                                           \
+#define KVGATE_GGUF_OF(name, ctype, vtype, stored) \
+  value value::of_##name(ctype v) {                \
+    value out;                                     \
+    out.type_ = value_type::vtype;                 \
+    out.data_ = static_cast<stored>(v);            \
+    return out;                                    \
   }
 KVGATE_GGUF_OF(u8, uint8_t, u8, uint64_t)
 KVGATE_GGUF_OF(u16, uint16_t, u16, uint64_t)
@@ -72,7 +72,8 @@ uint64_t value::as_u64() const {
   if (is_unsigned(type_)) return std::get<uint64_t>(data_);
   if (is_signed(type_)) {
     const int64_t v = std::get<int64_t>(data_);
-    if (v < 0) fail("value {} ({}) is negative, not an unsigned integer", v, value_type_name(type_));
+    if (v < 0)
+      fail("value {} ({}) is negative, not an unsigned integer", v, value_type_name(type_));
     return static_cast<uint64_t>(v);
   }
   wrong_type(type_, "an unsigned integer");
