@@ -583,7 +583,7 @@ TEST(gguf_quant, dequantize_matches_gguf_py_golden_exactly) {
                                                "Q5_K", "Q6_K"}));
   EXPECT_NE(f->find_tensor("real.token_embd.weight"), nullptr);
   EXPECT_NE(f->find_tensor("real.blk.0.attn_q.weight"), nullptr);
-  EXPECT_EQ(n_checked, 11);
+  EXPECT_EQ(n_checked, 14);
 }
 
 // Every "<name>" with a "<name>.src": our quantizer reproduces gguf-py's bytes from the same input.
@@ -638,21 +638,13 @@ TEST(gguf_quant, quantize_dequantize_error_is_within_the_type_bound) {
       for (int j = 0; j < 32; ++j) {
         double bound = 0;
         switch (t) {
-          case tensor_type::f32:
-            bound = 0;
-            break;
-          case tensor_type::f16:
-            bound = f16_err(xb[j]);
-            break;
-          case tensor_type::bf16:
-            bound = std::fabs(xb[j]) * 0x1p-8;
-            break;
+          case tensor_type::f32: bound = 0; break;
+          case tensor_type::f16: bound = f16_err(xb[j]); break;
+          case tensor_type::bf16: bound = std::fabs(xb[j]) * 0x1p-8; break;
           case tensor_type::q8_0:
             bound = amax / 127.0 / 2 + 127 * f16_err(amax / 127.0) + slack;
             break;
-          case tensor_type::q4_0:
-            bound = amax / 8.0 + 8 * f16_err(amax / 8.0) + slack;
-            break;
+          case tensor_type::q4_0: bound = amax / 8.0 + 8 * f16_err(amax / 8.0) + slack; break;
           default: {
             const double d = (max - min) / 15.0;
             bound = d / 2 + 15 * f16_err(d) + f16_err(min) + slack;

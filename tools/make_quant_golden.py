@@ -13,7 +13,7 @@ not write):
   "<name>.src"  F32: the input gguf-py quantized, for the types it can quantize (F16, BF16, Q8_0,
                 Q4_0, Q4_1); our quantizer must reproduce "<name>" from it byte for byte
 The K types have no gguf-py quantizer: their blocks are deterministic random bytes with sane f16
-scales. "real.*" are the first 4 rows of real tensors of the default model (SmolLM2-135M Q4_1).
+scales; "<type>.random" does the same for the 32-element types. "real.*" are the first 4 rows of real tensors of the default model (SmolLM2-135M Q4_1).
 """
 
 import argparse
@@ -53,8 +53,9 @@ def f16_source(rng: np.random.Generator, n: int) -> np.ndarray:
     return x
 
 
-def random_k_blocks(rng: np.random.Generator, qtype: T, n_blocks: int) -> np.ndarray:
-    """[n_blocks, type_size] random bytes with the f16 scales overwritten by sane values."""
+def random_blocks(rng: np.random.Generator, qtype: T, n_blocks: int) -> np.ndarray:
+    """[n_blocks, type_size] random bytes with the f16 scales overwritten by sane values (some
+    small enough to be f16 subnormals)."""
     _, type_size = gguf.GGML_QUANT_SIZES[qtype]
     b = rng.integers(0, 256, size=(n_blocks, type_size), dtype=np.uint8)
 
@@ -64,11 +65,16 @@ def random_k_blocks(rng: np.random.Generator, qtype: T, n_blocks: int) -> np.nda
             v *= rng.choice([-1.0, 1.0], n_blocks)
         return v.astype(np.float16).view(np.uint8).reshape(n_blocks, 2)
 
-    if qtype in (T.Q4_K, T.Q5_K):
-        b[:, 0:2] = f16(1e-4, 1e-1, signed=False)  # d
-        b[:, 2:4] = f16(1e-4, 1e-1, signed=False)  # dmin
+    if qtype in (T.Q8_0, T.Q4_0):
+        b[:, 0:2] = f16(1e-7, 1e-1, signed=True)  # d
+    elif qtype == T.Q4_1:
+        b[:, 0:2] = f16(1e-7, 1e-1, signed=False)  # d
+        b[:, 2:4] = f16(1e-7, 1e0, signed=True)  # m
+    elif qtype in (T.Q4_K, T.Q5_K):
+        b[:, 0:2] = f16(1e-7, 1e-1, signed=False)  # d
+        b[:, 2:4] = f16(1e-7, 1e-1, signed=False)  # dmin
     elif qtype == T.Q6_K:
-        b[:, 208:210] = f16(1e-5, 1e-2, signed=True)  # d (last)
+        b[:, 208:210] = f16(1e-7, 1e-2, signed=True)  # d (last)
     return b
 
 
@@ -111,10 +117,14 @@ def main() -> None:
         add(w, name, qtype, quantize(x, qtype), n)
         w.add_tensor(name + ".src", x)
 
-    # K types: random blocks, two super-blocks per row
-    n_k = 512
+    # every bit pattern the quantizer would not produce: random blocks, 32 per row
+    for name, qtype in (("q8_0.random", T.Q8_0), ("q4_0.random", T.Q4_0), ("q4_1.random", T.Q4_1)):
+        add(w, name, qtype, random_blocks(rng, qtype, ROWS * 32), 32 * 32)
+
+    # K types (no gguf-py quantizer): random blocks, 8 super-blocks per row
+    n_k = 8 * 256
     for name, qtype in (("q4_k", T.Q4_K), ("q5_k", T.Q5_K), ("q6_k", T.Q6_K)):
-        add(w, name, qtype, random_k_blocks(rng, qtype, ROWS * n_k // 256), n_k)
+        add(w, name, qtype, random_blocks(rng, qtype, ROWS * n_k // 256), n_k)
 
     # Real tensors: the first ROWS rows as stored in the model
     model = gguf.GGUFReader(str(args.model))

@@ -45,23 +45,17 @@ inline uint64_t min_encoded_size(value_type t) {
   switch (t) {
     case value_type::u8:
     case value_type::i8:
-    case value_type::boolean:
-      return 1;
+    case value_type::boolean: return 1;
     case value_type::u16:
-    case value_type::i16:
-      return 2;
+    case value_type::i16: return 2;
     case value_type::u32:
     case value_type::i32:
-    case value_type::f32:
-      return 4;
+    case value_type::f32: return 4;
     case value_type::u64:
     case value_type::i64:
-    case value_type::f64:
-      return 8;
-    case value_type::string:
-      return 8;  // u64 length
-    case value_type::array:
-      return 12;  // u32 element type + u64 count
+    case value_type::f64: return 8;
+    case value_type::string: return 8;  // u64 length
+    case value_type::array: return 12;  // u32 element type + u64 count
   }
   return 1;
 }

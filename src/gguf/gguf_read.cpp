@@ -106,35 +106,23 @@ value read_array(cursor& c, int depth, const std::string& key) {
 
 value read_value(cursor& c, value_type type, int depth, const std::string& key) {
   switch (type) {
-    case value_type::u8:
-      return value::of_u8(c.read<uint8_t>("u8 value"));
-    case value_type::i8:
-      return value::of_i8(c.read<int8_t>("i8 value"));
-    case value_type::u16:
-      return value::of_u16(c.read<uint16_t>("u16 value"));
-    case value_type::i16:
-      return value::of_i16(c.read<int16_t>("i16 value"));
-    case value_type::u32:
-      return value::of_u32(c.read<uint32_t>("u32 value"));
-    case value_type::i32:
-      return value::of_i32(c.read<int32_t>("i32 value"));
-    case value_type::u64:
-      return value::of_u64(c.read<uint64_t>("u64 value"));
-    case value_type::i64:
-      return value::of_i64(c.read<int64_t>("i64 value"));
-    case value_type::f32:
-      return value::of_f32(c.read<float>("f32 value"));
-    case value_type::f64:
-      return value::of_f64(c.read<double>("f64 value"));
+    case value_type::u8: return value::of_u8(c.read<uint8_t>("u8 value"));
+    case value_type::i8: return value::of_i8(c.read<int8_t>("i8 value"));
+    case value_type::u16: return value::of_u16(c.read<uint16_t>("u16 value"));
+    case value_type::i16: return value::of_i16(c.read<int16_t>("i16 value"));
+    case value_type::u32: return value::of_u32(c.read<uint32_t>("u32 value"));
+    case value_type::i32: return value::of_i32(c.read<int32_t>("i32 value"));
+    case value_type::u64: return value::of_u64(c.read<uint64_t>("u64 value"));
+    case value_type::i64: return value::of_i64(c.read<int64_t>("i64 value"));
+    case value_type::f32: return value::of_f32(c.read<float>("f32 value"));
+    case value_type::f64: return value::of_f64(c.read<double>("f64 value"));
     case value_type::boolean: {
       const auto b = c.read<uint8_t>("bool value");
       if (b > 1) c.bad("key '{}': bool value {} is neither 0 nor 1", key, b);
       return value::of_bool(b != 0);
     }
-    case value_type::string:
-      return value::of_string(c.read_string("string value"));
-    case value_type::array:
-      return read_array(c, depth, key);
+    case value_type::string: return value::of_string(c.read_string("string value"));
+    case value_type::array: return read_array(c, depth, key);
   }
   c.bad("key '{}': unknown value type {}", key, static_cast<uint32_t>(type));
 }

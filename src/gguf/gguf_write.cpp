@@ -35,42 +35,18 @@ class byte_sink {
   }
   void put_value(const value& v) {
     switch (v.type()) {
-      case value_type::u8:
-        put(static_cast<uint8_t>(v.as_u64()));
-        return;
-      case value_type::u16:
-        put(static_cast<uint16_t>(v.as_u64()));
-        return;
-      case value_type::u32:
-        put(static_cast<uint32_t>(v.as_u64()));
-        return;
-      case value_type::u64:
-        put(v.as_u64());
-        return;
-      case value_type::i8:
-        put(static_cast<int8_t>(v.as_i64()));
-        return;
-      case value_type::i16:
-        put(static_cast<int16_t>(v.as_i64()));
-        return;
-      case value_type::i32:
-        put(static_cast<int32_t>(v.as_i64()));
-        return;
-      case value_type::i64:
-        put(v.as_i64());
-        return;
-      case value_type::f32:
-        put(static_cast<float>(v.as_f64()));
-        return;  // stored from a float
-      case value_type::f64:
-        put(v.as_f64());
-        return;
-      case value_type::boolean:
-        put(static_cast<uint8_t>(v.as_bool() ? 1 : 0));
-        return;
-      case value_type::string:
-        put_string(v.as_string());
-        return;
+      case value_type::u8: put(static_cast<uint8_t>(v.as_u64())); return;
+      case value_type::u16: put(static_cast<uint16_t>(v.as_u64())); return;
+      case value_type::u32: put(static_cast<uint32_t>(v.as_u64())); return;
+      case value_type::u64: put(v.as_u64()); return;
+      case value_type::i8: put(static_cast<int8_t>(v.as_i64())); return;
+      case value_type::i16: put(static_cast<int16_t>(v.as_i64())); return;
+      case value_type::i32: put(static_cast<int32_t>(v.as_i64())); return;
+      case value_type::i64: put(v.as_i64()); return;
+      case value_type::f32: put(static_cast<float>(v.as_f64())); return;  // stored from a float
+      case value_type::f64: put(v.as_f64()); return;
+      case value_type::boolean: put(static_cast<uint8_t>(v.as_bool() ? 1 : 0)); return;
+      case value_type::string: put_string(v.as_string()); return;
       case value_type::array:
         put(static_cast<uint32_t>(v.elem_type()));
         put<uint64_t>(v.as_array().size());

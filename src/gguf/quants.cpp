@@ -321,33 +321,15 @@ void dequantize(tensor_type type, const void* src, float* dst, int64_t n) {
   const int64_t nb = checked_blocks("dequantize", type, n);
   const auto* s = static_cast<const uint8_t*>(src);
   switch (type) {
-    case tensor_type::f32:
-      std::memcpy(dst, s, static_cast<size_t>(n) * 4);
-      return;
-    case tensor_type::f16:
-      dequantize_f16(s, dst, n);
-      return;
-    case tensor_type::bf16:
-      dequantize_bf16(s, dst, n);
-      return;
-    case tensor_type::q8_0:
-      dequantize_q8_0(s, dst, nb);
-      return;
-    case tensor_type::q4_0:
-      dequantize_q4_0(s, dst, nb);
-      return;
-    case tensor_type::q4_1:
-      dequantize_q4_1(s, dst, nb);
-      return;
-    case tensor_type::q4_k:
-      dequantize_q4_k(s, dst, nb);
-      return;
-    case tensor_type::q5_k:
-      dequantize_q5_k(s, dst, nb);
-      return;
-    case tensor_type::q6_k:
-      dequantize_q6_k(s, dst, nb);
-      return;
+    case tensor_type::f32: std::memcpy(dst, s, static_cast<size_t>(n) * 4); return;
+    case tensor_type::f16: dequantize_f16(s, dst, n); return;
+    case tensor_type::bf16: dequantize_bf16(s, dst, n); return;
+    case tensor_type::q8_0: dequantize_q8_0(s, dst, nb); return;
+    case tensor_type::q4_0: dequantize_q4_0(s, dst, nb); return;
+    case tensor_type::q4_1: dequantize_q4_1(s, dst, nb); return;
+    case tensor_type::q4_k: dequantize_q4_k(s, dst, nb); return;
+    case tensor_type::q5_k: dequantize_q5_k(s, dst, nb); return;
+    case tensor_type::q6_k: dequantize_q6_k(s, dst, nb); return;
   }
 }
 
@@ -355,28 +337,15 @@ void quantize(tensor_type type, const float* src, void* dst, int64_t n) {
   const int64_t nb = checked_blocks("quantize", type, n);
   auto* d = static_cast<uint8_t*>(dst);
   switch (type) {
-    case tensor_type::f32:
-      std::memcpy(d, src, static_cast<size_t>(n) * 4);
-      return;
-    case tensor_type::f16:
-      quantize_f16(src, d, n);
-      return;
-    case tensor_type::bf16:
-      quantize_bf16(src, d, n);
-      return;
-    case tensor_type::q8_0:
-      quantize_q8_0(src, d, nb);
-      return;
-    case tensor_type::q4_0:
-      quantize_q4_0(src, d, nb);
-      return;
-    case tensor_type::q4_1:
-      quantize_q4_1(src, d, nb);
-      return;
+    case tensor_type::f32: std::memcpy(d, src, static_cast<size_t>(n) * 4); return;
+    case tensor_type::f16: quantize_f16(src, d, n); return;
+    case tensor_type::bf16: quantize_bf16(src, d, n); return;
+    case tensor_type::q8_0: quantize_q8_0(src, d, nb); return;
+    case tensor_type::q4_0: quantize_q4_0(src, d, nb); return;
+    case tensor_type::q4_1: quantize_q4_1(src, d, nb); return;
     case tensor_type::q4_k:
     case tensor_type::q5_k:
-    case tensor_type::q6_k:
-      break;
+    case tensor_type::q6_k: break;
   }
   fail("quantize: no quantizer for {} (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)",
        traits(type).name);

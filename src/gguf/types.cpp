@@ -24,24 +24,15 @@ constexpr type_traits traits_q6_k{"Q6_K", 256, 210};
 
 const type_traits* find_traits(tensor_type type) {
   switch (type) {
-    case tensor_type::f32:
-      return &traits_f32;
-    case tensor_type::f16:
-      return &traits_f16;
-    case tensor_type::bf16:
-      return &traits_bf16;
-    case tensor_type::q4_0:
-      return &traits_q4_0;
-    case tensor_type::q4_1:
-      return &traits_q4_1;
-    case tensor_type::q8_0:
-      return &traits_q8_0;
-    case tensor_type::q4_k:
-      return &traits_q4_k;
-    case tensor_type::q5_k:
-      return &traits_q5_k;
-    case tensor_type::q6_k:
-      return &traits_q6_k;
+    case tensor_type::f32: return &traits_f32;
+    case tensor_type::f16: return &traits_f16;
+    case tensor_type::bf16: return &traits_bf16;
+    case tensor_type::q4_0: return &traits_q4_0;
+    case tensor_type::q4_1: return &traits_q4_1;
+    case tensor_type::q8_0: return &traits_q8_0;
+    case tensor_type::q4_k: return &traits_q4_k;
+    case tensor_type::q5_k: return &traits_q5_k;
+    case tensor_type::q6_k: return &traits_q6_k;
   }
   return nullptr;
 }
@@ -66,32 +57,19 @@ size_t row_bytes(tensor_type type, int64_t ne0) {
 
 std::string value_type_name(value_type type) {
   switch (type) {
-    case value_type::u8:
-      return "u8";
-    case value_type::i8:
-      return "i8";
-    case value_type::u16:
-      return "u16";
-    case value_type::i16:
-      return "i16";
-    case value_type::u32:
-      return "u32";
-    case value_type::i32:
-      return "i32";
-    case value_type::f32:
-      return "f32";
-    case value_type::boolean:
-      return "bool";
-    case value_type::string:
-      return "string";
-    case value_type::array:
-      return "array";
-    case value_type::u64:
-      return "u64";
-    case value_type::i64:
-      return "i64";
-    case value_type::f64:
-      return "f64";
+    case value_type::u8: return "u8";
+    case value_type::i8: return "i8";
+    case value_type::u16: return "u16";
+    case value_type::i16: return "i16";
+    case value_type::u32: return "u32";
+    case value_type::i32: return "i32";
+    case value_type::f32: return "f32";
+    case value_type::boolean: return "bool";
+    case value_type::string: return "string";
+    case value_type::array: return "array";
+    case value_type::u64: return "u64";
+    case value_type::i64: return "i64";
+    case value_type::f64: return "f64";
   }
   return "type " + std::to_string(static_cast<uint32_t>(type));
 }
