@@ -43,5 +43,8 @@ void register_info(CLI::App& app);
 void register_tokenize(CLI::App& app);
 void register_generate(CLI::App& app);
 void register_perplexity(CLI::App& app);
+void register_collect(CLI::App& app);
+void register_train(CLI::App& app);
+void register_eval(CLI::App& app);
 
 }  // namespace kvgate::cli

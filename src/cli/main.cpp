@@ -40,6 +40,9 @@ int main(int argc, char** argv) {
   kvgate::cli::register_tokenize(app);
   kvgate::cli::register_generate(app);
   kvgate::cli::register_perplexity(app);
+  kvgate::cli::register_collect(app);
+  kvgate::cli::register_train(app);
+  kvgate::cli::register_eval(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

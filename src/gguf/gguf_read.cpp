@@ -32,7 +32,9 @@ constexpr uint64_t max_alignment = uint64_t{1} << 30;
 // this much up front and let the vector grow with what is really there.
 size_t reserve_hint(uint64_t count) { return static_cast<size_t>(std::min<uint64_t>(count, 4096)); }
 
-// Bounds-checked reading from the mapping; every failure names the file and the offset.
+// Bounds-checked reading from the mapping. Every failure names the file and a byte offset: where
+// the field that was read last starts (the offending count, type or name), or for a truncation,
+// where the missing bytes should have been.
 class cursor {
  public:
   cursor(const std::string& path, const uint8_t* base, size_t size)
@@ -43,11 +45,12 @@ class cursor {
 
   template <typename... Args>
   [[noreturn]] void bad(fmt::format_string<Args...> format, Args&&... args) const {
-    fail("{}: {} (at byte {})", path_, fmt::format(format, std::forward<Args>(args)...), pos_);
+    fail("{}: {} (at byte {})", path_, fmt::format(format, std::forward<Args>(args)...), field_);
   }
 
-  void need(uint64_t n, std::string_view what) const {
+  void need(uint64_t n, std::string_view what) {
     if (n > left()) {
+      field_ = pos_;
       bad("truncated: {} needs {} bytes, {} are left in the {}-byte file", what, n, left(), size_);
     }
   }
@@ -57,16 +60,14 @@ class cursor {
     need(sizeof(T), what);
     T v;
     std::memcpy(&v, base_ + pos_, sizeof(T));
+    field_ = pos_;
     pos_ += sizeof(T);
     return v;
   }
 
   std::string read_string(std::string_view what) {
     const auto len = read<uint64_t>(what);
-    if (len > left()) {
-      pos_ -= 8;
-      bad("{} claims {} bytes but only {} are left in the file", what, len, left() - 8);
-    }
+    if (len > left()) bad("{} claims {} bytes but only {} are left in the file", what, len, left());
     std::string s(reinterpret_cast<const char*>(base_ + pos_), len);
     pos_ += len;
     return s;
@@ -77,6 +78,7 @@ class cursor {
   const uint8_t* base_;  // [size_]
   size_t size_;
   size_t pos_ = 0;
+  size_t field_ = 0;  // start of the field read last
 };
 
 value read_value(cursor& c, value_type type, int depth, const std::string& key);
@@ -291,11 +293,10 @@ std::unique_ptr<file> file::open(const std::string& path) {
     }
     if (data_start > f->size_ || t.offset > f->size_ - data_start ||
         t.n_bytes > f->size_ - data_start - t.offset) {
-      fail(
-          "{}: tensor '{}' {} {}: its {} bytes at data offset {} (file byte {}) lie outside the "
-          "{}-byte file",
-          path, t.name, shape_string(t.ne), traits(t.type).name, t.n_bytes, t.offset,
-          static_cast<uint64_t>(data_start) + t.offset, f->size_);
+      fail("{}: tensor '{}' {} {}: its {} bytes at data offset {} (data section at byte {}) lie "
+           "outside the {}-byte file",
+           path, t.name, shape_string(t.ne), traits(t.type).name, t.n_bytes, t.offset, data_start,
+           f->size_);
     }
     t.data = f->map_ + data_start + t.offset;
   }

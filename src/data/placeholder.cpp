@@ -1,0 +1,2 @@
+// placeholder until the module lands; delete when adding real sources
+namespace kvgate {}
