@@ -136,10 +136,11 @@ std::string shape_string(const std::vector<int64_t>& ne) {
 }
 
 // Reads one tensor info (name, dims, type, offset) and checks everything that does not depend on
-// where the data section starts.
-tensor_info read_tensor_info(cursor& c) {
+// where the data section starts; names collects the names seen so far.
+tensor_info read_tensor_info(cursor& c, std::unordered_set<std::string>& names) {
   tensor_info t;
   t.name = c.read_string("tensor name");
+  if (!names.insert(t.name).second) c.bad("duplicate tensor name '{}'", t.name);
   if (t.name.size() > max_tensor_name_bytes) {
     c.bad("tensor name '{}...' is {} bytes, longer than the limit of {}", t.name.substr(0, 32),
           t.name.size(), max_tensor_name_bytes);
@@ -230,16 +231,16 @@ std::unique_ptr<file> file::open(const std::string& path) {
   if (f->version_ != 2 && f->version_ != 3) {
     c.bad("unsupported GGUF version {}, expected 3 (or 2)", f->version_);
   }
-  const auto n_tensors = c.read<uint64_t>("tensor count");
-  const auto n_kv = c.read<uint64_t>("metadata count");
   // smallest key/value: u64 key length + u32 type + 1 byte; smallest tensor info: u64 name
   // length + u32 n_dims + one u64 dim + u32 type + u64 offset
   constexpr uint64_t min_kv = 13, min_tensor_info = 32;
-  if (n_kv > c.left() / min_kv) {
-    c.bad("header claims {} metadata keys, more than the {} bytes left can hold", n_kv, c.left());
-  }
+  const auto n_tensors = c.read<uint64_t>("tensor count");
   if (n_tensors > c.left() / min_tensor_info) {
     c.bad("header claims {} tensors, more than the {} bytes left can hold", n_tensors, c.left());
+  }
+  const auto n_kv = c.read<uint64_t>("metadata count");
+  if (n_kv > c.left() / min_kv) {
+    c.bad("header claims {} metadata keys, more than the {} bytes left can hold", n_kv, c.left());
   }
 
   // metadata
@@ -272,16 +273,14 @@ std::unique_ptr<file> file::open(const std::string& path) {
 
   // tensor infos
   if (n_tensors > c.left() / min_tensor_info) {
-    c.bad("header claims {} tensors, more than the {} bytes left can hold", n_tensors, c.left());
+    fail(
+        "{}: header claims {} tensors, more than the {} bytes after the metadata (from byte {}) "
+        "can hold",
+        path, n_tensors, c.left(), c.pos());
   }
   std::unordered_set<std::string> names;
   f->tensors_.reserve(reserve_hint(n_tensors));
-  for (uint64_t i = 0; i < n_tensors; ++i) {
-    tensor_info t = read_tensor_info(c);
-    if (names.contains(t.name)) c.bad("duplicate tensor name '{}'", t.name);
-    names.insert(t.name);
-    f->tensors_.push_back(std::move(t));
-  }
+  for (uint64_t i = 0; i < n_tensors; ++i) f->tensors_.push_back(read_tensor_info(c, names));
 
   // data section: starts at the next multiple of the alignment; every tensor must lie inside
   const size_t a = f->alignment_;
@@ -293,10 +292,11 @@ std::unique_ptr<file> file::open(const std::string& path) {
     }
     if (data_start > f->size_ || t.offset > f->size_ - data_start ||
         t.n_bytes > f->size_ - data_start - t.offset) {
-      fail("{}: tensor '{}' {} {}: its {} bytes at data offset {} (data section at byte {}) lie "
-           "outside the {}-byte file",
-           path, t.name, shape_string(t.ne), traits(t.type).name, t.n_bytes, t.offset, data_start,
-           f->size_);
+      fail(
+          "{}: tensor '{}' {} {}: its {} bytes at data offset {} (data section at byte {}) lie "
+          "outside the {}-byte file",
+          path, t.name, shape_string(t.ne), traits(t.type).name, t.n_bytes, t.offset, data_start,
+          f->size_);
     }
     t.data = f->map_ + data_start + t.offset;
   }
