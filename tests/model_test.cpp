@@ -7,6 +7,7 @@
 #include <random>
 
 #include "model/model.h"
+#include "model/sampler.h"
 #include "test_util.h"
 #include "tiny_model.h"
 
@@ -193,6 +194,42 @@ TEST(model, missing_file_is_refused_with_its_path) {
     FAIL() << "expected an error";
   } catch (const error& e) {
     EXPECT_NE(std::string(e.what()).find("/nonexistent/model.gguf"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace kvgate
+
+namespace kvgate {
+namespace {
+
+TEST(sampler, zero_temperature_and_top_k_one_are_greedy) {
+  const std::vector<float> logits = {0.1f, 2.0f, -1.0f, 1.9f};
+  sampler greedy({.temperature = 0.0f});
+  EXPECT_EQ(greedy.sample(logits), 1);
+  sampler top1({.temperature = 1.5f, .top_k = 1, .top_p = 1.0f, .seed = 3});
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(top1.sample(logits), 1);
+}
+
+TEST(sampler, frequencies_follow_softmax_at_temperature) {
+  const std::vector<float> logits = {0.0f, std::log(2.0f), std::log(7.0f)};  // p = 0.1, 0.2, 0.7
+  sampler s({.temperature = 1.0f, .top_k = 0, .top_p = 1.0f, .seed = 11});
+  std::vector<int> counts(3, 0);
+  const int n = 20000;
+  for (int i = 0; i < n; ++i) ++counts[s.sample(logits)];
+  EXPECT_NEAR(counts[0] / double(n), 0.1, 0.015);
+  EXPECT_NEAR(counts[1] / double(n), 0.2, 0.015);
+  EXPECT_NEAR(counts[2] / double(n), 0.7, 0.015);
+}
+
+TEST(sampler, top_p_cuts_the_tail_and_seed_reproduces) {
+  const std::vector<float> logits = {0.0f, std::log(2.0f), std::log(7.0f)};  // p = 0.1, 0.2, 0.7
+  sampler a({.temperature = 1.0f, .top_k = 0, .top_p = 0.85f, .seed = 5});
+  sampler b({.temperature = 1.0f, .top_k = 0, .top_p = 0.85f, .seed = 5});
+  for (int i = 0; i < 2000; ++i) {
+    const int x = a.sample(logits);
+    EXPECT_NE(x, 0);  // 0.7 + 0.2 reaches 0.85: token 0 is outside the nucleus
+    EXPECT_EQ(x, b.sample(logits));
   }
 }
 

@@ -1,6 +1,6 @@
 // Block dequantization and the reference (round-to-nearest) quantizers, following ggml's scalar
 // reference in ggml-quants.c (dequantize_row_*, quantize_row_*_ref) operation for operation, so
-// results are bit-identical to it and to gguf-py's numpy versions (tests/data/gguf/golden).
+// results are bit-identical to it and to gguf-py's numpy versions (tests/data/gguf/quant_golden.gguf).
 //
 // Block layouts are in shared/FACTS.md; every block is read through byte offsets so that src
 // needs no alignment.
