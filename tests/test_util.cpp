@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <vector>
 
 namespace kvgate::test {
 
@@ -28,12 +29,27 @@ std::string default_model_path() {
 
 std::string data_path(const std::string& name) { return std::string(KVGATE_TEST_DATA) + "/" + name; }
 
+namespace {
+
+// Removes every directory temp_dir() made when the test program exits.
+struct temp_dirs {
+  std::vector<std::filesystem::path> made;
+  ~temp_dirs() {
+    std::error_code ec;
+    for (const auto& dir : made) std::filesystem::remove_all(dir, ec);
+  }
+};
+temp_dirs g_temp_dirs;
+
+}  // namespace
+
 std::string temp_dir() {
   static std::atomic<int> counter{0};
   auto dir = std::filesystem::temp_directory_path() /
              ("kvgate_test_" + std::to_string(getpid()) + "_" + std::to_string(counter++));
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
+  g_temp_dirs.made.push_back(dir);
   return dir.string();
 }
 

@@ -13,7 +13,8 @@ std::string default_model_path();
 // tests/data/<name>
 std::string data_path(const std::string& name);
 
-// A fresh empty directory under the system temp dir, unique to this process and call.
+// A fresh empty directory under the system temp dir, unique to this process and call; removed
+// when the test program exits.
 std::string temp_dir();
 
 // Runs a shell command, returns its exit status and collects stdout (stderr to a file if wanted).

@@ -1,6 +1,7 @@
 // Block dequantization and the reference (round-to-nearest) quantizers, following ggml's scalar
 // reference in ggml-quants.c (dequantize_row_*, quantize_row_*_ref) operation for operation, so
-// results are bit-identical to it and to gguf-py's numpy versions (tests/data/gguf/quant_golden.gguf).
+// results are bit-identical to it and to gguf-py's numpy versions
+// (tests/data/gguf/quant_golden.gguf).
 //
 // Block layouts are in shared/FACTS.md; every block is read through byte offsets so that src
 // needs no alignment.
@@ -28,8 +29,7 @@ using detail::load_u16;
 
 namespace {
 
-constexpr int qk = 32;     // elements per Q4_0 / Q4_1 / Q8_0 block
-constexpr int qk_k = 256;  // elements per K-quant super-block
+constexpr int qk = 32;  // elements per Q4_0 / Q4_1 / Q8_0 block; K types: 256, written out below
 
 void dequantize_f16(const uint8_t* src, float* y, int64_t n) {
   int64_t i = 0;
