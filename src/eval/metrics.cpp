@@ -102,10 +102,10 @@ calibration calibrate(std::span<const float> probs, std::span<const uint8_t> lab
   return c;
 }
 
-confusion confusion_at(std::span<const float> scores, std::span<const uint8_t> labels, float threshold,
+confusion_matrix confusion_at(std::span<const float> scores, std::span<const uint8_t> labels, float threshold,
                        std::span<const float> weights) {
   check_sizes(scores, labels, weights, "confusion_at");
-  confusion c;
+  confusion_matrix c;
   c.threshold = threshold;
   for (size_t i = 0; i < scores.size(); ++i) {
     const double w = weight_of(weights, i);

@@ -68,7 +68,7 @@ calibration calibrate(std::span<const float> probs, std::span<const uint8_t> lab
 
 // Confusion matrix for "positive when score >= threshold", in weight units (counts when the
 // weights are empty).
-struct confusion {
+struct confusion_matrix {
   double threshold = 0.5;
   double tp = 0.0, fp = 0.0, tn = 0.0, fn = 0.0;
 
@@ -85,13 +85,13 @@ struct confusion {
     const double all = tp + fp + tn + fn;
     return all > 0 ? (tp + fp) / all : 0.0;
   }
-  confusion& operator+=(const confusion& o) {
+  confusion_matrix& operator+=(const confusion_matrix& o) {
     tp += o.tp, fp += o.fp, tn += o.tn, fn += o.fn;
     return *this;
   }
 };
 
-confusion confusion_at(std::span<const float> scores, std::span<const uint8_t> labels,
+confusion_matrix confusion_at(std::span<const float> scores, std::span<const uint8_t> labels,
                        float threshold, std::span<const float> weights = {});
 
 // Per-example weights that give the natural class ratio: positives 1, negatives 1/negative_keep.
