@@ -1,8 +1,10 @@
 // kvgate generate: continue a prompt (optionally wrapped in the chat template) and stream the
-// continuation to stdout; a one-line JSON summary with speeds and KV memory goes to stderr.
+// continuation to stdout; a one-line JSON summary with speeds, KV memory kept by the policy and
+// the policy's scoring cost goes to stderr.
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
+#include "cli/policy_options.h"
 #include "common/error.h"
 #include "model/model.h"
 #include "model/sampler.h"
@@ -19,6 +21,7 @@ void register_generate(CLI::App& app) {
     bool chat = false;
     bool ignore_eos = false;
     sampler_params sampling;
+    policy_flags policy;
   };
   auto o = std::make_shared<opts>();
   add_model_options(*sub, *o);
@@ -35,6 +38,7 @@ void register_generate(CLI::App& app) {
   sub->add_flag("--ignore-eos", o->ignore_eos, "keep generating past end-of-generation tokens");
   sub->add_option("--ctx", o->n_ctx, "context size (default: the model's)")->check(CLI::Range(0, 1 << 24));
   sub->add_option("--batch", o->n_batch, "prefill chunk size")->check(CLI::Range(1, 1 << 16));
+  add_policy_options(*sub, o->policy, /*add_seed=*/false);  // --seed also seeds --policy random
 
   sub->callback([o, prompt_file] {
     const std::string text = prompt_file->count() ? read_text_file(o->prompt_file) : o->prompt;
@@ -42,6 +46,8 @@ void register_generate(CLI::App& app) {
     apply_threads(*o);
     auto m = model::load(resolve_model_path(*o));
     const tokenizer& vocab = m->vocab();
+    o->policy.seed = o->sampling.seed;
+    auto policy = make_policy_runner(o->policy, *m);
 
     std::vector<int32_t> tokens;
     if (o->chat) {
@@ -55,6 +61,7 @@ void register_generate(CLI::App& app) {
     if (tokens.empty()) fail("the prompt tokenizes to nothing");
 
     session s(*m, {.n_ctx = o->n_ctx, .n_batch = o->n_batch});
+    policy->attach(s);  // eviction after every prefill chunk and every decoded token
     if (static_cast<int64_t>(tokens.size()) >= s.n_ctx()) {
       fail("prompt of {} tokens does not fit the context of {} tokens (leave room for at least one "
            "generated token, or raise --ctx)", tokens.size(), s.n_ctx());
@@ -69,6 +76,7 @@ void register_generate(CLI::App& app) {
     const double prefill_s = prefill_clock.seconds();
 
     sampler pick(o->sampling);
+    const double prefill_score_s = policy->stats().score_s;
     stopwatch decode_clock;
     int n_decoded = 0;
     std::string stop = "length";
@@ -91,6 +99,7 @@ void register_generate(CLI::App& app) {
       logits.assign(next.begin(), next.end());
     }
     const double decode_s = decode_clock.seconds();
+    const double decode_score_s = policy->stats().score_s - prefill_score_s;
     std::printf("\n");
 
     nlohmann::ordered_json summary = {
@@ -106,6 +115,15 @@ void register_generate(CLI::App& app) {
         {"threads", compute_threads()},
         {"peak_rss_mb", peak_rss_mb()},
     };
+    // KV kept: slots held / slots a full cache would hold, over all heads; gate_ms is the time
+    // spent scoring (the gate bank for --policy learned), gate_share its part of decode time.
+    add_policy_json(summary, policy->config());
+    const policy_stats& ps = policy->stats();
+    summary["kv_share_mean"] = ps.kv_share_mean();
+    summary["kv_share_peak"] = ps.kv_share_peak();
+    summary["kv_bytes_peak"] = ps.bytes_peak;
+    summary["gate_ms"] = ps.score_s * 1e3;
+    summary["gate_share"] = decode_s > 0 ? decode_score_s / decode_s : 0.0;
     std::fprintf(stderr, "kvgate: %s\n", summary.dump().c_str());
   });
 }

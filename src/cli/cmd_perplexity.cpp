@@ -1,10 +1,12 @@
 // kvgate perplexity: the file's ids cut into consecutive windows of --ctx tokens (last partial
 // window dropped), each run from an empty cache; the mean negative log-likelihood of tokens
-// 1..N-1 of every window, ppl = exp(mean).
+// 1..N-1 of every window, ppl = exp(mean). Windows are processed in chunks of --batch tokens and
+// the policy (--policy ...) evicts between chunks, so later chunks see only what it kept.
 #include <cmath>
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
+#include "cli/policy_options.h"
 #include "common/error.h"
 #include "model/model.h"
 
@@ -30,6 +32,7 @@ void register_perplexity(CLI::App& app) {
     int n_ctx = 1024;
     int n_batch = 256;
     int max_windows = 0;
+    policy_flags policy;
   };
   auto o = std::make_shared<opts>();
   add_model_options(*sub, *o);
@@ -37,6 +40,7 @@ void register_perplexity(CLI::App& app) {
   sub->add_option("--ctx", o->n_ctx, "window length in tokens")->check(CLI::Range(2, 1 << 24));
   sub->add_option("--batch", o->n_batch, "prefill chunk size")->check(CLI::Range(1, 1 << 16));
   sub->add_option("--max-windows", o->max_windows, "stop after this many windows (0 = all)")->check(CLI::Range(0, 1 << 30));
+  add_policy_options(*sub, o->policy, /*add_seed=*/true);
 
   sub->callback([o] {
     const std::string text = read_text_file(o->file);
@@ -45,6 +49,7 @@ void register_perplexity(CLI::App& app) {
     if (o->n_ctx > m->config().n_ctx_train) {
       fail("--ctx {} exceeds the model's context length {}", o->n_ctx, m->config().n_ctx_train);
     }
+    auto policy = make_policy_runner(o->policy, *m);
     const std::vector<int32_t> ids = m->vocab().encode(text, false);
     int64_t n_windows = static_cast<int64_t>(ids.size()) / o->n_ctx;
     if (n_windows == 0) {
@@ -53,6 +58,7 @@ void register_perplexity(CLI::App& app) {
     if (o->max_windows > 0) n_windows = std::min<int64_t>(n_windows, o->max_windows);
 
     session s(*m, {.n_ctx = o->n_ctx, .n_batch = o->n_batch});
+    policy->attach(s);
     const int n_vocab = m->config().n_vocab;
     double nll_sum = 0.0;
     int64_t n_scored = 0;
@@ -86,8 +92,13 @@ void register_perplexity(CLI::App& app) {
         {"ctx", o->n_ctx},
         {"file_tokens", ids.size()},
         {"tok_s", n_windows * o->n_ctx / clock.seconds()},
-        {"kv_bytes_peak", s.cache().bytes_total()},
     };
+    add_policy_json(j, policy->config());
+    const policy_stats& ps = policy->stats();
+    j["kv_share_mean"] = ps.kv_share_mean();
+    j["kv_share_peak"] = ps.kv_share_peak();
+    j["kv_bytes_peak"] = ps.bytes_peak;
+    j["gate_ms"] = ps.score_s * 1e3;
     std::printf("%s\n", j.dump().c_str());
   });
 }

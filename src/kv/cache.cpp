@@ -11,8 +11,10 @@ kv_cache::kv_cache(int n_layer, int n_kv_head, int d_head)
     : n_layer_(n_layer), n_kv_head_(n_kv_head), d_head_(d_head),
       heads_(static_cast<size_t>(n_layer) * n_kv_head) {}
 
-void kv_cache::append(int il, const float* k, const float* v, const int32_t* pos, int n_tok) {
+void kv_cache::append(int il, const float* k, const float* v, const int32_t* pos, int n_tok,
+                      const float* k_pre) {
   const size_t d = d_head_;
+  if (keep_pre_rope_ && !k_pre) fail("kv_cache::append: keep_pre_rope is on but no pre-RoPE keys were given");
   for (int ih = 0; ih < n_kv_head_; ++ih) {
     kv_head& h = head(il, ih);
     for (int t = 0; t < n_tok; ++t) {
@@ -22,7 +24,9 @@ void kv_cache::append(int il, const float* k, const float* v, const int32_t* pos
       h.pos.push_back(pos[t]);
       h.masked.push_back(0);
       h.attn_sum.push_back(0.0f);
+      h.attn_last.push_back(0.0f);
       h.score.push_back(0.0f);
+      if (keep_pre_rope_) h.k_pre.insert(h.k_pre.end(), k_pre + src, k_pre + src + d);
     }
   }
 }
@@ -42,7 +46,9 @@ size_t kv_cache::evict(int il, int ih, std::span<const uint8_t> keep) {
     return n_evicted;
   }
   const size_t d = d_head_;
-  size_t w = 0;  // write index: compaction keeps the slot order
+  const size_t pre_first = n - h.k_pre.size() / d;  // first slot with a pre-RoPE key row
+  size_t w = 0;      // write index: compaction keeps the slot order
+  size_t w_pre = 0;  // write row of k_pre (kept slots of the suffix stay a suffix)
   for (size_t j = 0; j < n; ++j) {
     if (!keep[j]) continue;
     if (w != j) {
@@ -51,7 +57,13 @@ size_t kv_cache::evict(int il, int ih, std::span<const uint8_t> keep) {
       h.pos[w] = h.pos[j];
       h.masked[w] = h.masked[j];
       h.attn_sum[w] = h.attn_sum[j];
+      h.attn_last[w] = h.attn_last[j];
       h.score[w] = h.score[j];
+    }
+    if (j >= pre_first) {
+      const size_t r = j - pre_first;
+      if (w_pre != r) std::copy_n(h.k_pre.begin() + r * d, d, h.k_pre.begin() + w_pre * d);
+      ++w_pre;
     }
     ++w;
   }
@@ -61,13 +73,26 @@ size_t kv_cache::evict(int il, int ih, std::span<const uint8_t> keep) {
   h.pos.resize(w);
   h.masked.resize(w);
   h.attn_sum.resize(w);
+  h.attn_last.resize(w);
   h.score.resize(w);
+  h.k_pre.resize(w_pre * d);
   // Give memory back once the arrays are mostly empty, so eviction really shrinks the footprint.
   if (h.k.capacity() > 2 * h.k.size() + 4096) {
     h.k.shrink_to_fit();
     h.v.shrink_to_fit();
   }
   return n_evicted;
+}
+
+void kv_cache::release_pre_rope(int il, int ih, int32_t pos_end) {
+  kv_head& h = head(il, ih);
+  const size_t d = d_head_;
+  const size_t n_pre = h.k_pre.size() / d;
+  const size_t pre_first = h.n_slots() - n_pre;
+  const size_t below = std::lower_bound(h.pos.begin(), h.pos.end(), pos_end) - h.pos.begin();
+  if (below <= pre_first) return;
+  const size_t n_drop = std::min(below, h.n_slots()) - pre_first;
+  h.k_pre.erase(h.k_pre.begin(), h.k_pre.begin() + n_drop * d);
 }
 
 size_t kv_cache::n_live(int il, int ih) const {
@@ -77,12 +102,19 @@ size_t kv_cache::n_live(int il, int ih) const {
 
 size_t kv_cache::bytes_per_slot(int d_head) {
   return 2 * static_cast<size_t>(d_head) * sizeof(float) + sizeof(int32_t) + sizeof(uint8_t) +
-         2 * sizeof(float);
+         3 * sizeof(float);
 }
 
-size_t kv_cache::bytes(int il, int ih) const { return n_live(il, ih) * bytes_per_slot(d_head_); }
+size_t kv_cache::bytes(int il, int ih) const {
+  return n_live(il, ih) * bytes_per_slot(d_head_) + head(il, ih).k_pre.size() * sizeof(float);
+}
 
-size_t kv_cache::bytes_total() const { return n_live_total() * bytes_per_slot(d_head_); }
+size_t kv_cache::bytes_total() const {
+  size_t total = 0;
+  for (int il = 0; il < n_layer_; ++il)
+    for (int ih = 0; ih < n_kv_head_; ++ih) total += bytes(il, ih);
+  return total;
+}
 
 size_t kv_cache::n_live_total() const {
   size_t total = 0;

@@ -71,6 +71,12 @@ void session::attention(int il, int n_tok, const int32_t* pos) {
         for (int t = 0; t < n_tok; ++t)
           for (size_t j = 0; j < h.n_slots(); ++j) h.attn_sum[j] += w[static_cast<size_t>(t) * h.n_slots() + j];
       }
+      // The step's last query, mean over the group (what TOVA ranks by).
+      std::fill(h.attn_last.begin(), h.attn_last.end(), 0.0f);
+      for (int g = ih * n_group; g < (ih + 1) * n_group; ++g) {
+        const float* w = attn_weights_[g].data() + static_cast<size_t>(n_tok - 1) * h.n_slots();
+        for (size_t j = 0; j < h.n_slots(); ++j) h.attn_last[j] += w[j] / n_group;
+      }
     }
   }
   if (observer_) {

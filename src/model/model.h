@@ -79,7 +79,8 @@ class session {
   const model& get_model() const { return model_; }
   void set_observer(observer* obs) { observer_ = obs; }
   void set_step_hook(step_hook* hook) { hook_ = hook; }
-  // Accumulate attention received into each slot's attn_sum (for accumulated-attention policies).
+  // Accumulate attention received into each slot's attn_sum and record the step's last query's
+  // attention in attn_last (for attention-based policies: H2O, TOVA).
   void set_track_attention(bool on) { track_attention_ = on; }
 
  private:
@@ -100,7 +101,7 @@ class session {
   std::vector<float> xn_;      // [n, n_embd] normed
   std::vector<float> q_;       // [n, n_head, d_head]
   std::vector<float> k_;       // [n, n_kv_head, d_head]
-  std::vector<float> k_pre_;   // [n, n_kv_head, d_head] copy before RoPE (observer only)
+  std::vector<float> k_pre_;   // [n, n_kv_head, d_head] copy before RoPE (observer, kv_cache::keep_pre_rope)
   std::vector<float> v_;       // [n, n_kv_head, d_head]
   std::vector<float> attn_out_;// [n, n_head, d_head]
   std::vector<float> gate_;    // [n, n_ff]

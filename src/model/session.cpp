@@ -139,10 +139,11 @@ void session::forward_layer(int il, int n, const int32_t* pos) {
     rms_norm(q_.data(), l.q_norm.data(), q_.data(), static_cast<int64_t>(n) * c.n_head, c.d_head, c.norm_eps);
     rms_norm(k_.data(), l.k_norm.data(), k_.data(), static_cast<int64_t>(n) * c.n_kv_head, c.d_head, c.norm_eps);
   }
-  if (observer_) k_pre_ = k_;
+  const bool keep_pre = cache_.keep_pre_rope();
+  if (observer_ || keep_pre) k_pre_ = k_;
   rope(q_.data(), pos, n, c.n_head, c.d_head, c.n_rot, c.rope_base, c.traits.rope);
   rope(k_.data(), pos, n, c.n_kv_head, c.d_head, c.n_rot, c.rope_base, c.traits.rope);
-  cache_.append(il, k_.data(), v_.data(), pos, n);
+  cache_.append(il, k_.data(), v_.data(), pos, n, keep_pre ? k_pre_.data() : nullptr);
 
   attention(il, n, pos);
 

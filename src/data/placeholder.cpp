@@ -1,2 +1,0 @@
-// placeholder until the module lands; delete when adding real sources
-namespace kvgate {}

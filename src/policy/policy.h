@@ -1,0 +1,182 @@
+// KV-cache policies (DESIGN.md, "The policy contract"). A policy is a scorer: after each engine
+// step it scores the (head, slot) pairs it is asked about; one shared selector turns scores into
+// keep / evict, one layout combines the heads' decisions, and only the cache mutates
+// (kv_cache::evict). Every policy, the baselines included, runs through this one path, so their
+// comparisons differ only in the scores.
+//
+// Zones of one head's slots after a step whose last token has position t (positions absolute):
+//   sinks      pos < S              always kept
+//   window     pos > t - W          always kept
+//   long-term  S <= pos <= t - W    what the policy decides about
+// A long-term slot that has not been scored yet is a candidate; it waits ("pending") until the
+// scorer runs on it and counts as kept meanwhile. Heuristic scorers run every step; the learned
+// gates wait for a block of candidates so one batched call reads the gate weights once per block.
+//
+// Selectors:
+//   threshold  a candidate is kept iff its score > threshold, decided once, the step it is scored;
+//   budget     each head keeps at most B long-term slots (pending ones included): every step the
+//              scored long-term slots are ranked and the lowest go (ties: the older goes first).
+//              Dynamic scores (accumulated or last-query attention) are recomputed every step.
+// Layouts: the heads of a group (one head; the heads of a layer; every head of every layer) hold
+// the same positions and decide together on the group score of a slot, the max of its heads'
+// scores. In threshold mode that is exactly the union of the heads' votes (the seed's Global
+// Union for the global layout); in budget mode the group keeps the B slots some head values most.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "gate/gate_bank.h"
+#include "kv/cache.h"
+#include "model/config.h"
+#include "model/observer.h"
+
+namespace kvgate {
+
+class session;
+
+enum class policy_kind { full, window, streaming, h2o, tova, knorm, random, learned };
+enum class select_mode { keep_all, threshold, budget };
+enum class layout_kind { per_head, per_layer, global };
+
+const char* policy_name(policy_kind kind);  // "h2o", ...
+const char* layout_name(layout_kind layout);  // "per-head", "per-layer", "global"
+// Throw error listing the accepted names.
+policy_kind parse_policy_kind(std::string_view name);
+layout_kind parse_layout(std::string_view name);
+
+struct policy_config {
+  policy_kind kind = policy_kind::full;
+  int sinks = 4;
+  int window = 128;
+  select_mode mode = select_mode::keep_all;
+  float threshold = 0.0f;  // threshold mode
+  int budget = 0;          // budget mode: long-term slots per head
+  layout_kind layout = layout_kind::per_head;
+  uint64_t seed = 0;       // the random policy's seed
+  int gate_block = 16;     // learned: candidates gathered before one batched gate call
+};
+
+// What the user asked for (command-line flags); unset knobs take the policy's defaults.
+struct policy_request {
+  std::string policy = "full";
+  std::optional<int> sinks, window, budget;
+  std::optional<float> threshold;
+  std::string layout = "per-head";
+  bool has_gates = false;
+  uint64_t seed = 0;
+};
+
+// Checks the combination and fills the defaults: sinks 4 and window 128, except for `learned`,
+// whose sinks, window and threshold default to the gate file's (gates = its meta, null when no
+// --gates was given); `window` keeps no sinks; `window` and `streaming` rank by recency and take
+// only --budget (default 0: nothing beyond the window); h2o, tova, knorm and random need --budget
+// or --threshold. Throws error saying what is wrong and what to give instead.
+policy_config resolve_policy(const policy_request& request, const gate_meta* gates);
+
+// ---- scorers ------------------------------------------------------------------------------
+
+// Slots [begin, end) of one head.
+struct slot_range {
+  uint32_t begin = 0, end = 0;
+  uint32_t size() const { return end - begin; }
+};
+
+struct score_request {
+  int32_t t_last = 0;                  // position of the step's last token
+  std::span<const slot_range> ranges;  // [n_layer * n_kv_head], head il * n_kv_head + ih
+};
+
+struct scorer_needs {
+  bool track_attention = false;  // session::set_track_attention (kv_head::attn_sum, attn_last)
+  bool pre_rope_keys = false;    // kv_cache::set_keep_pre_rope (kv_head::k_pre)
+  bool dynamic = false;          // scores change every step (re-scored each step in budget mode)
+  int block = 1;                 // candidates that must wait before the scorer runs
+};
+
+class scorer {
+ public:
+  virtual ~scorer() = default;
+  virtual scorer_needs needs() const = 0;
+  // Writes kv_head::score[j] (higher = more worth keeping) for every slot j in ranges[head] of
+  // every head: one call per step for the whole cache.
+  virtual void score(kv_cache& cache, const score_request& request) = 0;
+};
+
+// The scorer of a policy (null for `full`). `learned` needs the gate bank (already checked
+// against the model with check_matches); the others ignore it.
+std::unique_ptr<scorer> make_scorer(const policy_config& config, const model_config& model,
+                                    std::shared_ptr<const gate_bank> gates);
+
+// Probability that a key is worth keeping from gate logits [n_out]: sigmoid for the binary
+// objective; for the lifetime objective the probability mass of the buckets whose lifetimes
+// reach past the window (bucket >= floor(log4(window))).
+float gate_probability(const float* logits, int n_out, int window);
+
+// ---- the runner: selector + layout, driven by the engine ----------------------------------
+
+// KV memory and cost over everything the runner has seen (all sequences).
+struct policy_stats {
+  int64_t n_steps = 0;
+  int64_t n_tokens = 0;
+  double share_token_sum = 0.0;  // sum over steps of n_tok * (live slots / full slots) after eviction
+  size_t slots_peak = 0;         // most live slots held (measured as a step ends, before eviction)
+  size_t slots_full_peak = 0;    // most slots a full cache would have held (n_heads * n_past)
+  size_t bytes_peak = 0;         // most bytes held (kv_cache::bytes_total, before eviction)
+  double score_s = 0.0;          // time inside the scorer (the gate bank for `learned`)
+  double step_s = 0.0;           // time inside on_step, scoring included
+  int64_t n_score_calls = 0;
+  int64_t n_scored = 0;          // (head, slot) pairs scored
+  int64_t n_evicted = 0;         // (head, slot) pairs evicted
+
+  // Mean over processed tokens of the share of slots kept after their step (1 for `full`).
+  double kv_share_mean() const { return n_tokens ? share_token_sum / n_tokens : 1.0; }
+  // Peak memory as a share of the full cache's peak: slots_peak / slots_full_peak.
+  double kv_share_peak() const { return slots_full_peak ? double(slots_peak) / slots_full_peak : 1.0; }
+};
+
+class policy_runner final : public step_hook {
+ public:
+  policy_runner(const policy_config& config, const model_config& model, std::unique_ptr<scorer> s);
+
+  // Installs the runner as the session's step hook and turns on what its scorer reads.
+  void attach(session& s);
+  // After every engine step (prefill chunk or decoded token): score, select, evict.
+  void on_step(kv_cache& cache, std::span<const int32_t> step_positions) override;
+  // Forget the sequence (called by itself when a step starts at position 0). Stats are kept.
+  void reset() { scored_until_ = -1; }
+
+  const policy_config& config() const { return config_; }
+  const policy_stats& stats() const { return stats_; }
+  scorer* get_scorer() const { return scorer_.get(); }
+  // Candidates at positions <= scored_until() have been scored (and, in threshold mode, decided).
+  int32_t scored_until() const { return scored_until_; }
+
+ private:
+  void select_and_evict(kv_cache& cache, int32_t t_last);
+  void evict_group(kv_cache& cache, std::span<const int> group, int32_t first, int32_t last, size_t n_keep);
+
+  policy_config config_;
+  int n_layer_, n_kv_head_;
+  std::unique_ptr<scorer> scorer_;
+  scorer_needs needs_;
+  int32_t scored_until_ = -1;
+  policy_stats stats_;
+  // Scratch reused across steps.
+  std::vector<slot_range> ranges_;    // [n_heads]
+  std::vector<float> group_score_;    // [slots in the decided range]
+  std::vector<uint32_t> order_;       // [slots in the decided range]
+  std::vector<uint8_t> keep_;         // [n_slots of a head]
+  std::vector<int> group_;            // head indices of the current group
+};
+
+// A runner for the configuration: make_scorer + policy_runner.
+std::unique_ptr<policy_runner> make_policy(const policy_config& config, const model_config& model,
+                                           std::shared_ptr<const gate_bank> gates = nullptr);
+
+}  // namespace kvgate

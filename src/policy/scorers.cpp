@@ -1,0 +1,213 @@
+// Every policy's scorer: recency (window, streaming), accumulated attention (H2O), last-query
+// attention (TOVA), key norm, random, and the learned gates (one batched gate-bank call for the
+// candidates of every head).
+#include <cmath>
+
+#include "common/error.h"
+#include "policy/policy.h"
+
+namespace kvgate {
+
+namespace {
+
+// Calls f(head, il, ih) for every head with a non-empty range.
+template <typename F>
+void for_each_range(kv_cache& cache, const score_request& req, F&& f) {
+  const int n_kv = cache.n_kv_head();
+  for (int il = 0; il < cache.n_layer(); ++il) {
+    for (int ih = 0; ih < n_kv; ++ih) {
+      const slot_range r = req.ranges[il * n_kv + ih];
+      if (r.size()) f(cache.head(il, ih), r);
+    }
+  }
+}
+
+// StreamingLLM's rule as a score: newer is better, so a budget keeps the most recent slots.
+class recency_scorer final : public scorer {
+ public:
+  scorer_needs needs() const override { return {}; }
+  void score(kv_cache& cache, const score_request& req) override {
+    for_each_range(cache, req, [](kv_head& h, slot_range r) {
+      for (uint32_t j = r.begin; j < r.end; ++j) h.score[j] = static_cast<float>(h.pos[j]);
+    });
+  }
+};
+
+// H2O with kvpress ObservedAttention's normalization: the attention a slot has received, divided
+// by the number of queries that could see it (every position from its own to t, all of which it
+// was live for: evicted slots never come back), averaged over the query group. Without the
+// division old tokens win merely for having been seen longer.
+class h2o_scorer final : public scorer {
+ public:
+  explicit h2o_scorer(int n_group) : n_group_(n_group) {}
+  scorer_needs needs() const override { return {.track_attention = true, .dynamic = true}; }
+  void score(kv_cache& cache, const score_request& req) override {
+    for_each_range(cache, req, [&](kv_head& h, slot_range r) {
+      for (uint32_t j = r.begin; j < r.end; ++j) {
+        const double n_queries = static_cast<double>(req.t_last) - h.pos[j] + 1;
+        h.score[j] = static_cast<float>(h.attn_sum[j] / (n_group_ * n_queries));
+      }
+    });
+  }
+
+ private:
+  int n_group_;
+};
+
+// TOVA: the attention of the newest query, averaged over the group (kv_head::attn_last).
+class tova_scorer final : public scorer {
+ public:
+  scorer_needs needs() const override { return {.track_attention = true, .dynamic = true}; }
+  void score(kv_cache& cache, const score_request& req) override {
+    for_each_range(cache, req, [](kv_head& h, slot_range r) {
+      for (uint32_t j = r.begin; j < r.end; ++j) h.score[j] = h.attn_last[j];
+    });
+  }
+};
+
+// -||k||: low-norm keys draw attention. RoPE is a rotation, so the stored (rotated) key has the
+// norm of the key the model computed.
+class knorm_scorer final : public scorer {
+ public:
+  explicit knorm_scorer(int d_head) : d_(d_head) {}
+  scorer_needs needs() const override { return {}; }
+  void score(kv_cache& cache, const score_request& req) override {
+    for_each_range(cache, req, [&](kv_head& h, slot_range r) {
+      for (uint32_t j = r.begin; j < r.end; ++j) {
+        const float* k = h.k.data() + static_cast<size_t>(j) * d_;
+        double ss = 0.0;
+        for (int i = 0; i < d_; ++i) ss += static_cast<double>(k[i]) * k[i];
+        h.score[j] = -static_cast<float>(std::sqrt(ss));
+      }
+    });
+  }
+
+ private:
+  int d_;
+};
+
+// A uniform score in [0, 1) that depends only on (seed, head, position), so the floor is
+// reproducible whatever the chunking.
+class random_scorer final : public scorer {
+ public:
+  explicit random_scorer(uint64_t seed) : seed_(seed) {}
+  scorer_needs needs() const override { return {}; }
+  void score(kv_cache& cache, const score_request& req) override {
+    const int n_kv = cache.n_kv_head();
+    for (int il = 0; il < cache.n_layer(); ++il) {
+      for (int ih = 0; ih < n_kv; ++ih) {
+        const slot_range r = req.ranges[il * n_kv + ih];
+        kv_head& h = cache.head(il, ih);
+        for (uint32_t j = r.begin; j < r.end; ++j) {
+          const uint64_t key = (static_cast<uint64_t>(il * n_kv + ih) << 32) ^ static_cast<uint32_t>(h.pos[j]);
+          h.score[j] = static_cast<float>(mix(seed_ ^ mix(key)) >> 40) / static_cast<float>(1ull << 24);
+        }
+      }
+    }
+  }
+
+ private:
+  static uint64_t mix(uint64_t x) {  // splitmix64's finalizer
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+  }
+  uint64_t seed_;
+};
+
+// The learned gates: the candidates of all heads go to the gate bank as one [H, n, d_head] block.
+// Candidates arrive at the same positions in every head (nothing in the window or pending is ever
+// evicted), so n is the same for all heads.
+class learned_scorer final : public scorer {
+ public:
+  learned_scorer(std::shared_ptr<const gate_bank> gates, int block, int window)
+      : gates_(std::move(gates)), block_(block), window_(window),
+        pre_rope_(gates_->meta().key_kind == "pre-rope") {}
+  scorer_needs needs() const override { return {.pre_rope_keys = pre_rope_, .block = block_}; }
+
+  void score(kv_cache& cache, const score_request& req) override {
+    const int n_kv = cache.n_kv_head(), d = cache.d_head();
+    const size_t n_heads = req.ranges.size();
+    const uint32_t n = req.ranges[0].size();
+    for (const slot_range& r : req.ranges) {
+      if (r.size() != n) fail("learned policy: heads have different numbers of candidates ({} vs {})", r.size(), n);
+    }
+    if (n == 0) return;
+    keys_.resize(n_heads * n * d);  // [H, n, d_head]
+    for (size_t hd = 0; hd < n_heads; ++hd) {
+      const int il = static_cast<int>(hd) / n_kv, ih = static_cast<int>(hd) % n_kv;
+      const kv_head& h = cache.head(il, ih);
+      const slot_range r = req.ranges[hd];
+      const float* src = h.k.data() + static_cast<size_t>(r.begin) * d;
+      if (pre_rope_) {
+        const size_t pre_first = h.n_slots() - cache.n_pre_rope(il, ih);
+        if (r.begin < pre_first) fail("learned policy: the pre-RoPE key of slot {} was already released", r.begin);
+        src = h.k_pre.data() + (r.begin - pre_first) * d;
+      }
+      std::copy_n(src, static_cast<size_t>(n) * d, keys_.data() + hd * n * d);
+    }
+    const int n_out = gates_->n_out();
+    logits_.resize(n_heads * n * n_out);  // [H, n, n_out]
+    gates_->score(keys_.data(), n, logits_.data());
+    for (size_t hd = 0; hd < n_heads; ++hd) {
+      kv_head& h = cache.head(static_cast<int>(hd) / n_kv, static_cast<int>(hd) % n_kv);
+      const uint32_t b = req.ranges[hd].begin;
+      for (uint32_t j = 0; j < n; ++j) {
+        h.score[b + j] = gate_probability(logits_.data() + (hd * n + j) * n_out, n_out, window_);
+      }
+    }
+  }
+
+ private:
+  std::shared_ptr<const gate_bank> gates_;
+  int block_, window_;
+  bool pre_rope_;
+  std::vector<float> keys_;    // [H, n, d_head]
+  std::vector<float> logits_;  // [H, n, n_out]
+};
+
+}  // namespace
+
+float gate_probability(const float* logits, int n_out, int window) {
+  if (n_out == 1) return 1.0f / (1.0f + std::exp(-logits[0]));
+  // Lifetime buckets: bucket b holds lifetimes [4^b, 4^(b+1)); a token is worth keeping when it
+  // will still be attended after it leaves the window, i.e. lifetime >= window.
+  int first = 0;
+  for (int64_t span = 4; span <= window && first < n_out - 1; span *= 4) ++first;
+  float max_logit = logits[0];
+  for (int o = 1; o < n_out; ++o) max_logit = std::max(max_logit, logits[o]);
+  double total = 0.0, kept = 0.0;
+  for (int o = 0; o < n_out; ++o) {
+    const double e = std::exp(static_cast<double>(logits[o]) - max_logit);
+    total += e;
+    if (o >= first) kept += e;
+  }
+  return static_cast<float>(kept / total);
+}
+
+std::unique_ptr<scorer> make_scorer(const policy_config& config, const model_config& model,
+                                    std::shared_ptr<const gate_bank> gates) {
+  switch (config.kind) {
+    case policy_kind::full: return nullptr;
+    case policy_kind::window:
+    case policy_kind::streaming: return std::make_unique<recency_scorer>();
+    case policy_kind::h2o: return std::make_unique<h2o_scorer>(model.n_group());
+    case policy_kind::tova: return std::make_unique<tova_scorer>();
+    case policy_kind::knorm: return std::make_unique<knorm_scorer>(model.d_head);
+    case policy_kind::random: return std::make_unique<random_scorer>(config.seed);
+    case policy_kind::learned: {
+      if (!gates) fail("--policy learned needs --gates FILE: a gate bank trained for this model");
+      const gate_meta& m = gates->meta();
+      check_matches(m, model.name, model.arch, model.n_layer, model.n_kv_head, model.d_head);
+      if (m.key_kind != "pre-rope" && m.key_kind != "post-rope") {
+        fail("gate file key kind '{}' is neither pre-rope nor post-rope", m.key_kind);
+      }
+      if (config.gate_block < 1) fail("gate block {} must be at least 1", config.gate_block);
+      return std::make_unique<learned_scorer>(std::move(gates), config.gate_block, config.window);
+    }
+  }
+  fail("unknown policy");
+}
+
+}  // namespace kvgate
