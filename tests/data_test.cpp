@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <random>
 
 #include "common/error.h"
@@ -292,6 +293,26 @@ TEST(corpus, directories_give_sorted_text_files_only) {
   EXPECT_EQ(l.bytes, (std::vector<int64_t>{3, 3, 5}));
 }
 
+TEST(corpus, shuffle_is_a_permutation_fixed_by_the_seed) {
+  corpus_listing l;
+  for (int i = 0; i < 20; ++i) {
+    l.files.push_back("f" + std::to_string(i));
+    l.bytes.push_back(i);
+  }
+  corpus_listing a = l, b = l, c = l;
+  shuffle_files(a, 1);
+  shuffle_files(b, 1);
+  shuffle_files(c, 2);
+  EXPECT_EQ(a.files, b.files);
+  EXPECT_NE(a.files, c.files);
+  EXPECT_NE(a.files, l.files);
+  for (size_t i = 0; i < a.files.size(); ++i) EXPECT_EQ(a.files[i], "f" + std::to_string(a.bytes[i]));
+  std::sort(a.files.begin(), a.files.end());
+  std::vector<std::string> sorted = l.files;
+  std::sort(sorted.begin(), sorted.end());
+  EXPECT_EQ(a.files, sorted);
+}
+
 TEST(corpus, errors_for_missing_path_empty_corpus_and_binary_file) {
   const std::string dir = test::temp_dir();
   write_file(dir + "/empty.txt", "");
@@ -378,7 +399,9 @@ TEST(collect, dataset_round_trips_through_load) {
 
   // Expected: every document run again with its own labeler, negatives kept by keep_negative.
   const model_config& c = m->config();
-  const corpus_listing listing = list_corpus({corpus});
+  corpus_listing listing = list_corpus({corpus});
+  shuffle_files(listing, o.seed);
+  EXPECT_EQ(d.manifest.corpus_files, listing.files);
   corpus_reader reader(listing, m->vocab(), o.ctx, o.label.window + 64);
   std::vector<head_examples> want(c.n_heads_total());
   std::vector<int64_t> n_pos(want.size()), n_neg(want.size());
@@ -413,7 +436,9 @@ TEST(collect, dataset_round_trips_through_load) {
   EXPECT_EQ(d.manifest.n_pos, n_pos);
   EXPECT_EQ(d.manifest.n_neg, n_neg);
   EXPECT_EQ(d.manifest.docs.size(), 3u);
-  EXPECT_EQ(d.manifest.docs[2].file, 1);  // b.txt
+  std::map<std::string, int> docs_per_file;
+  for (const document_info& info : d.manifest.docs) ++docs_per_file[fs::path(d.manifest.corpus_files[info.file]).filename()];
+  EXPECT_EQ(docs_per_file, (std::map<std::string, int>{{"a.txt", 2}, {"b.txt", 1}}));
   dataset expected;
   expected.manifest = d.manifest;
   expected.heads = want;

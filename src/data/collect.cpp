@@ -69,7 +69,7 @@ std::vector<std::string> differences(const dataset_manifest& a, const dataset_ma
   check("ctx", a.ctx, b.ctx);
   check("min_doc_tokens", a.min_doc_tokens, b.min_doc_tokens);
   check("batch", a.n_batch, b.n_batch);
-  if (a.corpus_files != b.corpus_files) {
+  if (a.corpus_files != b.corpus_files) {  // the order counts too (--seed, --no-shuffle)
     out.push_back(fmt::format("corpus ({} files in the dataset, {} now{})", a.corpus_files.size(), b.corpus_files.size(),
                               a.corpus_files.size() == b.corpus_files.size() ? ", names differ" : ""));
   }
@@ -212,7 +212,8 @@ ojson dataset_summary(const std::string& dir, const dataset_manifest& m) {
 ojson collect(const model& mdl, const collect_options& o, const collect_progress_fn& progress) {
   const model_config& c = mdl.config();
   validate(c, o);
-  const corpus_listing corpus = list_corpus(o.corpus, o.extensions);
+  corpus_listing corpus = list_corpus(o.corpus, o.extensions);
+  if (o.shuffle) shuffle_files(corpus, o.seed);
 
   dataset_manifest fresh;
   fresh.model_name = c.name;

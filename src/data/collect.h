@@ -29,7 +29,8 @@ struct collect_options {
   int64_t max_tokens = 0;           // stop after the document that reaches this many (0: no limit)
   int64_t max_docs = 0;             // stop after this many documents (0: no limit)
   float negative_keep = 0.1f;       // chance a negative example is stored (positives always are)
-  uint64_t seed = 1;                // negative subsampling
+  uint64_t seed = 1;                // negative subsampling and file order
+  bool shuffle = true;              // files in an order drawn from seed (else sorted by path)
   int shard_docs = 8;               // documents per shard
   // Diagnostics: also count, over this run's documents, the positives y would give at these
   // thresholds (y only; lifetime stays at label.tau). Used to choose tau.

@@ -114,6 +114,21 @@ corpus_listing list_corpus(const std::vector<std::string>& paths, const std::vec
   return out;
 }
 
+void shuffle_files(corpus_listing& l, uint64_t seed) {
+  uint64_t state = seed;
+  auto next = [&state] {  // splitmix64
+    uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  };
+  for (size_t i = l.files.size(); i > 1; --i) {
+    const size_t j = next() % i;  // the modulo bias is far below anything that matters here
+    std::swap(l.files[i - 1], l.files[j]);
+    std::swap(l.bytes[i - 1], l.bytes[j]);
+  }
+}
+
 std::vector<std::pair<int64_t, int>> document_windows(int64_t n_tokens, int ctx, int min_tokens) {
   std::vector<std::pair<int64_t, int>> out;
   for (int64_t off = 0; off < n_tokens; off += ctx) {

@@ -36,6 +36,11 @@ struct corpus_listing {
 corpus_listing list_corpus(const std::vector<std::string>& paths,
                            const std::vector<std::string>& extensions = k_default_text_extensions);
 
+// Puts the files (with their sizes) in an order drawn from seed: Fisher-Yates over splitmix64,
+// so the order is the same on every platform. A collection cut short by --max-tokens then samples
+// the whole corpus instead of its alphabetical head (the python docs start with 40 C-API files).
+void shuffle_files(corpus_listing& listing, uint64_t seed);
+
 // One document: a window of one file's tokens, run from an empty cache.
 struct corpus_document {
   int file = 0;                  // index into corpus_listing::files

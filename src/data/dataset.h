@@ -52,7 +52,7 @@ struct dataset_manifest {
   int n_layer = 0, n_kv_head = 0, d_head = 0;
   label_params label;
   float negative_keep = 1.0f;    // share of negatives stored (positives are all kept)
-  std::vector<std::string> corpus_files;
+  std::vector<std::string> corpus_files;  // in the order the collection read them
   int64_t n_docs = 0, n_tokens = 0;
   std::vector<int64_t> n_pos, n_neg;  // [n_heads] counted over ALL labelled tokens (before subsampling)
   std::vector<std::string> shards;    // file names inside the directory, in order

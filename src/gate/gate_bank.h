@@ -44,7 +44,7 @@ struct gate_meta {
   std::string objective = "binary";   // "binary" | "lifetime"
   std::string key_kind = "pre-rope";  // "pre-rope" | "post-rope"
   int sinks = 4, window = 128, horizon = 512, max_bucket = 7;
-  float tau = 0.01f;
+  float tau = 0.08f;
   float threshold = 0.5f;             // suggested threshold
   nlohmann::json metrics;             // training/validation metrics, per head and summary
 };
