@@ -435,3 +435,33 @@ TEST(gate_trainer, roc_auc_matches_pairwise_count) {
 
 }  // namespace
 }  // namespace kvgate
+
+namespace kvgate {
+namespace {
+
+TEST(gate_trainer, platt_scaling_recovers_a_planted_logit_scale) {
+  // Labels drawn from sigmoid(2.5 z - 0.3): the raw logits z are under-confident by 2.5x, and the
+  // fit must find that scale. The class-balanced loss re-weights the slightly rarer positives, so
+  // the bias lands between the planted -0.3 and 0 (the log ratio of the class priors moves it).
+  std::mt19937_64 rng(17);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  std::vector<float> z(40000);
+  std::vector<uint8_t> y(z.size());
+  for (size_t i = 0; i < z.size(); ++i) {
+    z[i] = normal(rng);
+    y[i] = u(rng) < 1.0 / (1.0 + std::exp(-(2.5 * z[i] - 0.3)));
+  }
+  const auto [a, b] = fit_platt(z, y);
+  std::printf("platt fit: a %.3f b %.3f (planted 2.5, -0.3)\n", a, b);
+  EXPECT_NEAR(a, 2.5, 0.15);
+  EXPECT_GT(b, -0.45);
+  EXPECT_LT(b, 0.0);
+  const std::vector<uint8_t> one_class(z.size(), 1);
+  const auto [a1, b1] = fit_platt(z, one_class);
+  EXPECT_EQ(a1, 1.0f);
+  EXPECT_EQ(b1, 0.0f);
+}
+
+}  // namespace
+}  // namespace kvgate

@@ -1,5 +1,7 @@
 #include "test_util.h"
 
+#include "common/paths.h"
+
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -13,14 +15,7 @@
 namespace kvgate::test {
 
 std::string default_model_path() {
-  std::string home;
-  if (const char* env = std::getenv("KVGATE_HOME"); env && *env) {
-    home = env;
-  } else {
-    const char* user_home = std::getenv("HOME");
-    home = std::string(user_home ? user_home : "/root") + "/.cache/kvgate";
-  }
-  std::string path = home + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+  std::string path = kvgate::default_model_path();
   if (!std::filesystem::exists(path)) {
     ADD_FAILURE() << "default model missing at " << path << ": run scripts/fetch_model.sh";
   }

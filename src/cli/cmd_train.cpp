@@ -176,6 +176,8 @@ void register_train(CLI::App& app) {
       ->check(CLI::Range(0, 1 << 30));
   sub->add_option("--val-fraction", o->val_fraction, "share of examples held out (whole files or documents)")
       ->check(CLI::Range(0.01, 0.9));
+  sub->add_flag("!--no-calibrate", o->train.calibrate,
+                "keep raw logits (default: Platt-scale each binary head on its validation split)");
   sub->add_option("--seed", o->train.seed, "seed of the split, the initialization and the batches");
   sub->add_option("--threads,-t", o->threads, "compute threads (default: all cores)")->check(CLI::Range(0, 1024));
   sub->add_option("--loss-csv", o->loss_csv, "loss table (default: the --out path with .loss.csv)");
@@ -274,6 +276,7 @@ void register_train(CLI::App& app) {
                                   {"n_train_pos", hr.n_train_pos}, {"n_val", hr.n_val},
                                   {"n_val_pos", hr.n_val_pos}};
       if (lifetime) j["val_accuracy"] = hr.val_accuracy;
+      else j["calibration"] = {hr.calib_scale, hr.calib_bias};
       heads.push_back(j);
       if (!std::isnan(hr.val_auc)) aucs.push_back(hr.val_auc);
       if (!std::isnan(hr.val_loss)) losses.push_back(hr.val_loss);

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "common/paths.h"
 #include "model/linear.h"
 
 namespace kvgate::cli {
@@ -16,17 +17,6 @@ void add_model_options(CLI::App& app, model_options& options) {
   app.add_option("--model,-m", options.model_path, "GGUF model file (default: SmolLM2-135M-Instruct Q4_1)");
   app.add_option("--threads,-t", options.threads, "compute threads (default: all cores)")
       ->check(CLI::Range(0, 1024));
-}
-
-std::string default_model_path() {
-  std::string home;
-  if (const char* env = std::getenv("KVGATE_HOME"); env && *env) {
-    home = env;
-  } else {
-    const char* user_home = std::getenv("HOME");
-    home = std::string(user_home ? user_home : ".") + "/.cache/kvgate";
-  }
-  return home + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
 }
 
 std::string resolve_model_path(const model_options& options) {

@@ -16,8 +16,6 @@ struct model_options {
 
 void add_model_options(CLI::App& app, model_options& options);
 
-// $KVGATE_HOME (default ~/.cache/kvgate) + /models/SmolLM2-135M-Instruct.Q4_1.gguf
-std::string default_model_path();
 // The model to open: the --model given, else the default; throws error with a hint when missing.
 std::string resolve_model_path(const model_options& options);
 // Applies --threads to OpenMP and BLAS.

@@ -185,6 +185,8 @@ void copy_head(float* dst, const float* src, const gate_dims& d, int ih) {
 // Validation of one head: class-balanced mean loss, AUC, accuracy (lifetime).
 struct head_eval {
   float loss = k_nan, auc = k_nan, accuracy = k_nan;
+  std::vector<float> logits;   // [n_val] binary objective: the validation logits
+  std::vector<uint8_t> labels; // [n_val]
 };
 
 head_eval evaluate_head(const gate_params<float>& all, const gate_dims& dims, int ih,
@@ -238,6 +240,10 @@ head_eval evaluate_head(const gate_params<float>& all, const gate_dims& dims, in
   }
   out.loss = static_cast<float>(total / n_present);
   if (!labels.empty()) out.auc = static_cast<float>(roc_auc(scores, labels));
+  if (!lifetime) {
+    out.logits = std::move(scores);
+    out.labels = std::move(labels);
+  }
   if (lifetime) out.accuracy = static_cast<float>(double(n_correct) / n);
   return out;
 }
@@ -291,6 +297,51 @@ double roc_auc(std::span<const float> scores, std::span<const uint8_t> labels) {
   const int64_t n_neg = static_cast<int64_t>(n) - n_pos;
   if (n_pos == 0 || n_neg == 0) return std::numeric_limits<double>::quiet_NaN();
   return (rank_sum - 0.5 * double(n_pos) * double(n_pos + 1)) / (double(n_pos) * double(n_neg));
+}
+
+// Platt scaling of one binary head: the affine map u = a z + b of its validation logits that
+// minimizes the class-balanced BCE (the loss the head was trained and early-stopped on), by
+// Newton's method on (a, b). Heads overfit their training files within a few epochs (the
+// validation loss rises while the AUC holds), which shows as over-confident probabilities on new
+// text; rescaling the logit keeps the ranking (a > 0) and fixes most of the calibration.
+// Returns {1, 0} when there is nothing to fit or the fit does not help.
+std::pair<float, float> fit_platt(std::span<const float> z, std::span<const uint8_t> y) {
+  int64_t n_pos = 0;
+  for (uint8_t v : y) n_pos += v;
+  const int64_t n_neg = static_cast<int64_t>(y.size()) - n_pos;
+  if (n_pos == 0 || n_neg == 0) return {1.0f, 0.0f};
+  const double w_pos = 0.5 / n_pos, w_neg = 0.5 / n_neg;
+  auto loss_at = [&](double a, double b) {
+    double l = 0.0;
+    for (size_t i = 0; i < z.size(); ++i) {
+      const double u = a * z[i] + b;
+      l += (y[i] ? w_pos : w_neg) * (std::max(u, 0.0) - u * y[i] + std::log1p(std::exp(-std::abs(u))));
+    }
+    return l;
+  };
+  double a = 1.0, b = 0.0;
+  const double loss0 = loss_at(a, b);
+  for (int it = 0; it < 30; ++it) {
+    double ga = 0, gb = 0, haa = 1e-9, hab = 0, hbb = 1e-9;
+    for (size_t i = 0; i < z.size(); ++i) {
+      const double w = y[i] ? w_pos : w_neg;
+      const double sg = 1.0 / (1.0 + std::exp(-(a * z[i] + b)));
+      const double r = w * (sg - y[i]), c = w * sg * (1.0 - sg);
+      ga += r * z[i];
+      gb += r;
+      haa += c * z[i] * z[i];
+      hab += c * z[i];
+      hbb += c;
+    }
+    const double det = haa * hbb - hab * hab;
+    if (!(det > 0)) break;
+    const double da = (hbb * ga - hab * gb) / det, db = (haa * gb - hab * ga) / det;
+    a -= da;
+    b -= db;
+    if (std::abs(da) < 1e-7 && std::abs(db) < 1e-7) break;
+  }
+  if (!(a > 0) || !std::isfinite(b) || !(loss_at(a, b) < loss0)) return {1.0f, 0.0f};
+  return {static_cast<float>(a), static_cast<float>(b)};
 }
 
 gate_train_result train_gates(gate_bank& bank, std::span<const gate_examples> train,
@@ -468,7 +519,16 @@ gate_train_result train_gates(gate_bank& bank, std::span<const gate_examples> tr
   std::copy(best.begin(), best.end(), params.begin());  // in place: the views p stay valid
 #pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads)
   for (int h = 0; h < H; ++h) {
-    const head_eval ev = evaluate_head(p, dims, h, heads[h], lifetime);
+    head_eval ev = evaluate_head(p, dims, h, heads[h], lifetime);
+    if (!lifetime && o.calibrate && !ev.logits.empty()) {
+      const auto [a, b] = fit_platt(ev.logits, ev.labels);
+      const gate_params<float> ph = gate_head_views(p, dims, h);
+      for (int f = 0; f < dims.n_hidden; ++f) ph.w3[f] *= a;  // n_out == 1
+      ph.b3[0] = a * ph.b3[0] + b;
+      result.heads[h].calib_scale = a;
+      result.heads[h].calib_bias = b;
+      ev = evaluate_head(p, dims, h, heads[h], lifetime);
+    }
     gate_head_result& hr = result.heads[h];
     hr.best_epoch = heads[h].best_epoch;
     hr.val_loss = ev.loss;

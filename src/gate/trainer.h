@@ -64,6 +64,7 @@ struct gate_train_options {
   int threads = 0;             // batched products and per-head loops; 0: OpenMP's default
                                // (elementwise loops always use OpenMP's default)
   int steps_per_epoch = 0;     // 0: from the data (see above)
+  bool calibrate = true;       // binary: Platt-scale each head's logit on its validation set
 };
 
 // Reported after every epoch (the caller prints progress; the library never does).
@@ -86,6 +87,7 @@ struct gate_head_result {
   float val_auc = 0;           // NaN when undefined (one class only). Lifetime: AUC of the
                                // expected bucket against the 0/1 label, when labels are given
   float val_accuracy = 0;      // lifetime: share of validation rows whose argmax is the bucket
+  float calib_scale = 1, calib_bias = 0;  // binary: Platt scaling folded into the last layer
   int64_t n_train = 0, n_train_pos = 0, n_val = 0, n_val_pos = 0;  // pos: label 1 (binary)
 };
 
@@ -108,6 +110,10 @@ gate_train_result train_gates(gate_bank& bank, std::span<const gate_examples> tr
 
 // Area under the ROC curve of scores against 0/1 labels (Mann-Whitney with mid-ranks for ties);
 // NaN when either class is empty.
+// Platt scaling: (a, b) minimizing the class-balanced BCE of sigmoid(a z + b) against y; {1, 0}
+// when one class is missing or the fit does not lower the loss.
+std::pair<float, float> fit_platt(std::span<const float> z, std::span<const uint8_t> y);
+
 double roc_auc(std::span<const float> scores, std::span<const uint8_t> labels);
 
 }  // namespace kvgate
