@@ -18,7 +18,8 @@ kvgate=build/kvgate
 start=$(date +%s)
 
 echo "== model" >&2
-$kvgate info | head -12 >&2
+$kvgate info > "$out/model.json"
+cat "$out/model.json" >&2
 
 echo "== collect: training corpus (Python docs), up to $train_tokens tokens" >&2
 $kvgate collect --out "$out/train" --max-tokens "$train_tokens" > "$out/collect_train.json"
