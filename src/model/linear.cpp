@@ -53,97 +53,7 @@ inline float hsum(__m256 v) {
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
-
-// Sum over 32 elements of nibble * x: low nibbles are elements 0..15, high nibbles 16..31.
-inline __m256 nibble_dot(const uint8_t* qs, const float* x) {
-  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
-  const __m128i mask = _mm_set1_epi8(0x0F);
-  const __m128i lo = _mm_and_si128(bytes, mask);
-  const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
-  __m256 acc = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), _mm256_loadu_ps(x));
-  acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))),
-                        _mm256_loadu_ps(x + 8), acc);
-  acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), _mm256_loadu_ps(x + 16), acc);
-  acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))),
-                        _mm256_loadu_ps(x + 24), acc);
-  return acc;
-}
-
-inline __m256 sum32(const float* x) {
-  return _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(x), _mm256_loadu_ps(x + 8)),
-                       _mm256_add_ps(_mm256_loadu_ps(x + 16), _mm256_loadu_ps(x + 24)));
-}
 #endif
-
-// sum_j (d * q_j + m) * x_j = d * sum(q x) + m * sum(x), per block.
-float dot_q4_1(const block_q4_1* b, const float* x, int64_t n) {
-  const int64_t nb = n / 32;
-#ifdef KVGATE_AVX2
-  __m256 acc = _mm256_setzero_ps();
-  for (int64_t i = 0; i < nb; ++i, x += 32) {
-    const __m256 d = _mm256_set1_ps(fp16(b[i].d));
-    const __m256 m = _mm256_set1_ps(fp16(b[i].m));
-    acc = _mm256_fmadd_ps(d, nibble_dot(b[i].qs, x), acc);
-    acc = _mm256_fmadd_ps(m, sum32(x), acc);
-  }
-  return hsum(acc);
-#else
-  float acc = 0.0f;
-  for (int64_t i = 0; i < nb; ++i, x += 32) {
-    const float d = fp16(b[i].d), m = fp16(b[i].m);
-    for (int j = 0; j < 16; ++j) {
-      acc += (d * (b[i].qs[j] & 0x0F) + m) * x[j] + (d * (b[i].qs[j] >> 4) + m) * x[j + 16];
-    }
-  }
-  return acc;
-#endif
-}
-
-// sum_j d * (q_j - 8) * x_j = d * sum(q x) - 8 d * sum(x).
-float dot_q4_0(const block_q4_0* b, const float* x, int64_t n) {
-  const int64_t nb = n / 32;
-#ifdef KVGATE_AVX2
-  __m256 acc = _mm256_setzero_ps();
-  for (int64_t i = 0; i < nb; ++i, x += 32) {
-    const float d = fp16(b[i].d);
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), nibble_dot(b[i].qs, x), acc);
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(-8.0f * d), sum32(x), acc);
-  }
-  return hsum(acc);
-#else
-  float acc = 0.0f;
-  for (int64_t i = 0; i < nb; ++i, x += 32) {
-    const float d = fp16(b[i].d);
-    for (int j = 0; j < 16; ++j) {
-      acc += d * ((b[i].qs[j] & 0x0F) - 8) * x[j] + d * ((b[i].qs[j] >> 4) - 8) * x[j + 16];
-    }
-  }
-  return acc;
-#endif
-}
-
-float dot_q8_0(const block_q8_0* b, const float* x, int64_t n) {
-  const int64_t nb = n / 32;
-#ifdef KVGATE_AVX2
-  __m256 acc = _mm256_setzero_ps();
-  for (int64_t i = 0; i < nb; ++i, x += 32) {
-    __m256 s = _mm256_setzero_ps();
-    for (int k = 0; k < 4; ++k) {
-      const __m128i q8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b[i].qs + 8 * k));
-      s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8)), _mm256_loadu_ps(x + 8 * k), s);
-    }
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16(b[i].d)), s, acc);
-  }
-  return hsum(acc);
-#else
-  float acc = 0.0f;
-  for (int64_t i = 0; i < nb; ++i, x += 32) {
-    const float d = fp16(b[i].d);
-    for (int j = 0; j < 32; ++j) acc += d * b[i].qs[j] * x[j];
-  }
-  return acc;
-#endif
-}
 
 float dot_f32(const float* a, const float* x, int64_t n) {
   int64_t j = 0;
@@ -172,7 +82,8 @@ float dot_f16(const uint16_t* a, const float* x, int64_t n) {
   return acc;
 }
 
-// Other types (K-quants, bf16): dequantize the row into a thread-local buffer, then dot.
+// Other types (K-quants, bf16, and the Q4/Q8 types outside the integer path): dequantize the
+// row into a thread-local buffer, then dot.
 float dot_generic(const linear& w, const uint8_t* row, const float* x) {
   thread_local std::vector<float> buf;
   buf.resize(w.n_in);
@@ -225,16 +136,21 @@ inline __m256 dot_u8_i8(__m256i a, __m256i b) {
 }
 #endif
 
-// Integer-dot kernels: weight blocks against q8 activations.
-float dot_q4_1_q8(const block_q4_1* b, const q8_activations& x, int64_t nb) {
+// Integer-dot kernels: weight blocks against q8 activations. A Q4 block holds d * q + m with
+// nibbles q: sum_j (d q_j + m) dx qx_j = d dx sum(q qx) + m * sum_x. Q4_1 stores m; Q4_0 is
+// d * (q - 8), i.e. m = -8 d.
+inline float q4_offset(const block_q4_1& b) { return fp16(b.m); }
+inline float q4_offset(const block_q4_0& b) { return -8.0f * fp16(b.d); }
+
+template <typename block>
+float dot_q4_q8(const block* b, const q8_activations& x, int64_t nb) {
 #ifdef KVGATE_AVX2
   __m256 acc = _mm256_setzero_ps();
   float offset = 0.0f;
   for (int64_t i = 0; i < nb; ++i) {
     const __m256i qx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q.data() + i * 32));
-    const float d = fp16(b[i].d);
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d[i]), dot_u8_i8(unpack_nibbles(b[i].qs), qx), acc);
-    offset += fp16(b[i].m) * x.sum[i];
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16(b[i].d) * x.d[i]), dot_u8_i8(unpack_nibbles(b[i].qs), qx), acc);
+    offset += q4_offset(b[i]) * x.sum[i];
   }
   return hsum(acc) + offset;
 #else
@@ -242,29 +158,7 @@ float dot_q4_1_q8(const block_q4_1* b, const q8_activations& x, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i) {
     int s = 0;
     for (int j = 0; j < 16; ++j) s += (b[i].qs[j] & 0x0F) * x.q[i * 32 + j] + (b[i].qs[j] >> 4) * x.q[i * 32 + j + 16];
-    acc += fp16(b[i].d) * x.d[i] * s + fp16(b[i].m) * x.sum[i];
-  }
-  return acc;
-#endif
-}
-
-float dot_q4_0_q8(const block_q4_0* b, const q8_activations& x, int64_t nb) {
-#ifdef KVGATE_AVX2
-  __m256 acc = _mm256_setzero_ps();
-  float offset = 0.0f;
-  for (int64_t i = 0; i < nb; ++i) {
-    const __m256i qx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q.data() + i * 32));
-    const float d = fp16(b[i].d);
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d[i]), dot_u8_i8(unpack_nibbles(b[i].qs), qx), acc);
-    offset -= 8.0f * d * x.sum[i];
-  }
-  return hsum(acc) + offset;
-#else
-  float acc = 0.0f;
-  for (int64_t i = 0; i < nb; ++i) {
-    int s = 0;
-    for (int j = 0; j < 16; ++j) s += ((b[i].qs[j] & 0x0F) - 8) * x.q[i * 32 + j] + ((b[i].qs[j] >> 4) - 8) * x.q[i * 32 + j + 16];
-    acc += fp16(b[i].d) * x.d[i] * s;
+    acc += fp16(b[i].d) * x.d[i] * s + q4_offset(b[i]) * x.sum[i];
   }
   return acc;
 #endif
@@ -300,8 +194,8 @@ float row_dot_q8(const linear& w, int64_t i, const q8_activations& x) {
   const uint8_t* row = w.row(i);
   const int64_t nb = w.n_in / 32;
   switch (w.type) {
-    case tensor_type::q4_1: return dot_q4_1_q8(reinterpret_cast<const block_q4_1*>(row), x, nb);
-    case tensor_type::q4_0: return dot_q4_0_q8(reinterpret_cast<const block_q4_0*>(row), x, nb);
+    case tensor_type::q4_1: return dot_q4_q8(reinterpret_cast<const block_q4_1*>(row), x, nb);
+    case tensor_type::q4_0: return dot_q4_q8(reinterpret_cast<const block_q4_0*>(row), x, nb);
     default: return dot_q8_0_q8(reinterpret_cast<const block_q8_0*>(row), x, nb);
   }
 }
@@ -322,9 +216,6 @@ linear linear::from_tensor(const gguf::tensor_info& t) {
 float linear_row_dot(const linear& w, int64_t i, const float* x) {
   const uint8_t* row = w.row(i);
   switch (w.type) {
-    case tensor_type::q4_1: return dot_q4_1(reinterpret_cast<const block_q4_1*>(row), x, w.n_in);
-    case tensor_type::q4_0: return dot_q4_0(reinterpret_cast<const block_q4_0*>(row), x, w.n_in);
-    case tensor_type::q8_0: return dot_q8_0(reinterpret_cast<const block_q8_0*>(row), x, w.n_in);
     case tensor_type::f32: return dot_f32(reinterpret_cast<const float*>(row), x, w.n_in);
     case tensor_type::f16: return dot_f16(reinterpret_cast<const uint16_t*>(row), x, w.n_in);
     default: return dot_generic(w, row, x);

@@ -1,9 +1,10 @@
 // Matrix products against (possibly quantized) weight matrices: the one interface the forward
 // pass uses, so faster kernels can replace the inside without touching the model.
 //
-// Two paths: few rows (decode) use dot-product kernels that dequantize on the fly and keep
-// activations in f32; many rows (prefill) dequantize the weight into a scratch f32 buffer and
-// call BLAS sgemm. Both are checked against a scalar reference in tests/model_test_linear.
+// Two paths: few rows (decode) quantize the activations to 8 bits per block of 32 and take integer
+// dot products with Q4_0 / Q4_1 / Q8_0 rows (other types: dequantize a row, dot in f32); many
+// rows (prefill) dequantize the weight into a scratch f32 buffer and call BLAS sgemm. Every path
+// is checked against a scalar reference in tests/linear_test.cpp.
 #pragma once
 
 #include <cstddef>
