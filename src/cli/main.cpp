@@ -15,14 +15,15 @@ int main(int argc, char** argv) {
   // set what is unset and re-run ourselves once:
   // - libgomp's default wait policy spins ~300k times before sleeping; when another process
   //   takes a core, one worker is descheduled and the other spins through its time slice at each
-  //   of the ~250 parallel regions per token (measured on 2 cores under load: 7.5 tok/s decode
-  //   with the default, 55 tok/s passive).
+  //   of the ~250 parallel regions per token. Sleeping at once (passive) costs a futex wake per
+  //   region instead. A bounded spin sits between: measured on 2 idle cores, 512-token prompt,
+  //   prefill / decode tok/s: active 473 / 81, GOMP_SPINCOUNT=10000 456 / 78, passive 452 / 32.
   // - OpenBLAS 0.3.21 (Debian 12) does not know recent Xeons and falls back to its SSE3
   //   "Prescott" sgemm; its AVX-512 or AVX2 kernels prefill 1.8x faster here (95 -> 169 tok/s,
   //   one thread). tests/linear_test checks the sgemm path against a scalar reference.
   if (!std::getenv("KVGATE_REEXEC")) {
     setenv("KVGATE_REEXEC", "1", 1);
-    setenv("OMP_WAIT_POLICY", "passive", 0);
+    if (!std::getenv("OMP_WAIT_POLICY")) setenv("GOMP_SPINCOUNT", "10000", 0);
 #if defined(__x86_64__)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
