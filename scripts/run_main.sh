@@ -33,8 +33,11 @@ $kvgate train --data "$out/train" --out "$out/gates_lifetime.gguf" --objective l
 
 echo "== eval on the held-out corpus" >&2
 $kvgate eval --gates "$out/gates.gguf" --compare "$out/gates_lifetime.gguf" --data "$out/heldout" \
-  --out "$out/report"
+  --out "$out/report" > "$out/eval_summary.txt"
 
 echo "== chat" >&2
 $kvgate generate --chat --prompt "What are the three primary colors?" -n 64 --temp 0
-echo "== done in $(( $(date +%s) - start )) s; report: $out/report/index.html" >&2
+
+echo
+echo "== summary (main job done in $(( $(date +%s) - start )) s)"
+cat "$out/eval_summary.txt"
