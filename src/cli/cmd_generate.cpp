@@ -6,6 +6,7 @@
 #include "cli/common.h"
 #include "cli/policy_options.h"
 #include "common/error.h"
+#include "common/files.h"
 #include "model/model.h"
 #include "model/sampler.h"
 
@@ -41,7 +42,7 @@ void register_generate(CLI::App& app) {
   add_policy_options(*sub, o->policy, /*add_seed=*/false);  // --seed also seeds --policy random
 
   sub->callback([o, prompt_file] {
-    const std::string text = prompt_file->count() ? read_text_file(o->prompt_file) : o->prompt;
+    const std::string text = prompt_file->count() ? read_file(o->prompt_file) : o->prompt;
     if (text.empty()) fail("empty prompt: give --prompt TEXT or a non-empty --prompt-file");
     apply_threads(*o);
     auto m = model::load(resolve_model_path(*o));

@@ -8,6 +8,7 @@
 #include "cli/common.h"
 #include "cli/policy_options.h"
 #include "common/error.h"
+#include "common/files.h"
 #include "model/model.h"
 
 namespace kvgate::cli {
@@ -43,7 +44,7 @@ void register_perplexity(CLI::App& app) {
   add_policy_options(*sub, o->policy, /*add_seed=*/true);
 
   sub->callback([o] {
-    const std::string text = read_text_file(o->file);
+    const std::string text = read_file(o->file);
     apply_threads(*o);
     auto m = model::load(resolve_model_path(*o));
     if (o->n_ctx > m->config().n_ctx_train) {

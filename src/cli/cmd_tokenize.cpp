@@ -3,6 +3,7 @@
 
 #include "cli/common.h"
 #include "common/error.h"
+#include "common/files.h"
 #include "model/model.h"
 
 namespace kvgate::cli {
@@ -21,7 +22,7 @@ void register_tokenize(CLI::App& app) {
   sub->add_flag("--special", o->special, "text that spells a special token becomes that token");
   sub->callback([o, text, file] {
     if (text->count() == 0 && file->count() == 0) fail("tokenize needs --text or --file");
-    const std::string input = file->count() ? read_text_file(o->file) : o->text;
+    const std::string input = file->count() ? read_file(o->file) : o->text;
     auto m = model::load(resolve_model_path(*o));
     nlohmann::json ids = m->vocab().encode(input, o->special);
     std::printf("%s\n", ids.dump().c_str());

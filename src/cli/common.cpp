@@ -33,14 +33,6 @@ std::string resolve_model_path(const model_options& options) {
 
 void apply_threads(const model_options& options) { set_compute_threads(options.threads); }
 
-std::string read_text_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("cannot read file: {}", path);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 double peak_rss_mb() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);

@@ -21,7 +21,6 @@ std::string resolve_model_path(const model_options& options);
 // Applies --threads to OpenMP and BLAS.
 void apply_threads(const model_options& options);
 
-std::string read_text_file(const std::string& path);  // throws error naming the path
 double peak_rss_mb();
 
 class stopwatch {

@@ -1,5 +1,7 @@
 #include "data/corpus.h"
 
+#include "common/files.h"
+
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
@@ -14,14 +16,6 @@ namespace kvgate {
 namespace fs = std::filesystem;
 
 namespace {
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("cannot read corpus file: {}", path);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 bool has_extension(const std::string& name, const std::vector<std::string>& extensions) {
   for (const std::string& ext : extensions) {

@@ -1,6 +1,8 @@
 // The dataset on disk: manifest.json (nlohmann-json) and binary shards (format in dataset.h).
 #include "data/dataset.h"
 
+#include "common/files.h"
+
 #include <bit>
 #include <cstdio>
 #include <cstring>
@@ -67,14 +69,6 @@ class shard_writer {
   fnv1a sum_;
   int64_t bytes_ = 0;
 };
-
-std::string read_all(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("cannot read {}", path);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 // Parses the header at the start of bytes (at least the fixed part must be there).
 shard_header parse_header(const std::string& path, const char* bytes, size_t size, int64_t file_size) {
@@ -296,7 +290,7 @@ shard_header read_shard_header(const std::string& path) {
 
 shard_header read_shard(const std::string& path, std::vector<head_examples>& heads) {
   if (!fs::exists(path)) fail("shard listed in the manifest is missing: {}", path);
-  const std::string bytes = read_all(path);
+  const std::string bytes = read_file(path);
   const shard_header h = parse_header(path, bytes.data(), bytes.size(), static_cast<int64_t>(bytes.size()));
   fnv1a sum;
   sum.add(bytes.data(), bytes.size() - 8);
@@ -339,7 +333,7 @@ dataset_manifest read_manifest(const std::string& dir) {
   if (!fs::exists(path)) fail("{} is not a dataset directory: manifest.json is missing", dir);
   json j;
   try {
-    j = json::parse(read_all(path));
+    j = json::parse(read_file(path));
   } catch (const json::exception& e) {
     fail("{}: not valid JSON ({})", path, e.what());
   }
