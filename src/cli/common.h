@@ -43,5 +43,8 @@ void register_perplexity(CLI::App& app);
 void register_collect(CLI::App& app);
 void register_train(CLI::App& app);
 void register_eval(CLI::App& app);
+void register_chat(CLI::App& app);
+void register_demo(CLI::App& app);
+void register_bench(CLI::App& app);
 
 }  // namespace kvgate::cli

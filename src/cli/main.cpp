@@ -44,6 +44,9 @@ int main(int argc, char** argv) {
   kvgate::cli::register_collect(app);
   kvgate::cli::register_train(app);
   kvgate::cli::register_eval(app);
+  kvgate::cli::register_chat(app);
+  kvgate::cli::register_demo(app);
+  kvgate::cli::register_bench(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
