@@ -174,6 +174,63 @@ TEST(kv_cache, evicted_slots_never_attended_and_bytes_shrink) {
   EXPECT_NEAR(total, 2.0, 1e-4);  // two query heads, each a distribution over the kept slots
 }
 
+// Layer 0's queries depend only on the new token, so the full attention a masked cache "would
+// have given" is the attention of an unmasked run: recall there is the full weight on live slots.
+TEST(kv_cache, attention_mass_recall_matches_full_attention_on_live_slots) {
+  test::tiny_spec spec;
+  auto m = model::load(tiny_path(spec));
+  const auto tokens = random_tokens(40, 9);
+  const int32_t next = 77;
+
+  struct layer0_weights : observer {
+    std::vector<std::vector<float>> rows;  // [n_head][n_slots] of the step's only query
+    void on_layer(const layer_observation& obs) override {
+      if (obs.il != 0) return;
+      rows.clear();
+      for (int g = 0; g < obs.n_head; ++g) {
+        const size_t n = obs.cache->head(0, g / (obs.n_head / obs.n_kv_head)).n_slots();
+        rows.emplace_back(obs.attn[g], obs.attn[g] + n);
+      }
+    }
+  } full_w;
+  session full(*m, {.n_ctx = 128, .n_batch = 8});
+  full.prefill(tokens);
+  full.set_observer(&full_w);
+  full.step(std::span<const int32_t>(&next, 1), logits_mode::last);
+
+  session s(*m, {.n_ctx = 128, .n_batch = 8});
+  s.cache().set_mask_mode(true);
+  s.set_measure_recall(true);
+  s.prefill(tokens);
+  for (const auto& r : s.recall()) EXPECT_DOUBLE_EQ(r.sum, static_cast<double>(r.n));  // nothing masked yet
+  std::vector<std::vector<uint8_t>> keeps;
+  for (int ih = 0; ih < spec.n_kv_head; ++ih) {
+    std::vector<uint8_t> keep(40, 1);
+    for (int j = 4 + ih; j < 30; j += 2 + ih) keep[j] = 0;
+    s.cache().evict(0, ih, keep);
+    keeps.push_back(keep);
+  }
+  for (int il = 1; il < spec.n_layer; ++il) s.cache().evict(il, 0, keeps[0]);
+  s.reset_recall();
+  s.step(std::span<const int32_t>(&next, 1), logits_mode::last);
+
+  const int group = spec.n_head / spec.n_kv_head;
+  double expected = 0.0;
+  for (int g = 0; g < spec.n_head; ++g) {
+    for (int j = 0; j < 40; ++j) {
+      if (keeps[g / group][j]) expected += full_w.rows[g][j];
+    }
+    expected += full_w.rows[g][40];  // the new token itself
+  }
+  ASSERT_EQ(s.recall()[0].n, spec.n_head);
+  EXPECT_NEAR(s.recall()[0].sum, expected, 1e-5);
+  EXPECT_LT(s.recall()[0].sum, spec.n_head - 0.05);  // the masking mattered
+  for (int il = 1; il < spec.n_layer; ++il) {
+    EXPECT_GT(s.recall()[il].sum, 0.0);
+    EXPECT_LT(s.recall()[il].sum, static_cast<double>(s.recall()[il].n));
+  }
+}
+
 TEST(model, unknown_architecture_is_refused_with_its_name) {
   test::tiny_spec spec;
   spec.arch = "mamba";

@@ -1,8 +1,144 @@
-// kvgate bench (stub: being written).
+// kvgate bench: quality against KV memory for every policy over a sweep of its knob (budget for
+// the heuristics, threshold per layout and budget for the learned gates), on the held-out corpus
+// at long context; then needle retrieval for each curve at the matched budget. Writes the report
+// directory (eval/bench_report.h) and prints the one-screen summary.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
 #include "cli/common.h"
+#include "common/error.h"
+#include "data/corpus.h"
+#include "eval/bench.h"
+#include "eval/bench_report.h"
+#include "eval/plots.h"
+#include "model/model.h"
 
 namespace kvgate::cli {
 
-void register_bench(CLI::App& app) { app.add_subcommand("bench", "(not yet available)"); }
+void register_bench(CLI::App& app) {
+  auto* sub = app.add_subcommand(
+      "bench", "every KV policy over a sweep of its knob on held-out text: perplexity, KL from the full cache, "
+               "attention-mass recall, needle retrieval, KV kept; writes a report directory");
+  struct opts : model_options {
+    std::string gates, out;
+    std::vector<std::string> corpus = {k_default_heldout_corpus};
+    eval::bench_options bench;
+    bool no_plots = false;
+  };
+  auto o = std::make_shared<opts>();
+  add_model_options(*sub, *o);
+  sub->add_option("--gates", o->gates, "gate bank (.gguf) for the learned curves (without it only the baselines run)");
+  sub->add_option("--out", o->out, "report directory")->required();
+  sub->add_option("--corpus", o->corpus, "held-out text files or directories (default: git-doc)")->delimiter(',');
+  sub->add_option("--ctx", o->bench.ctx, "tokens per quality window and needle prompt")->check(CLI::Range(64, 1 << 20));
+  sub->add_option("--batch", o->bench.batch, "prefill chunk: the policy evicts between chunks")->check(CLI::Range(1, 4096));
+  sub->add_option("--windows", o->bench.n_windows, "quality windows (held-out files)")->check(CLI::Range(1, 100000));
+  sub->add_option("--sinks", o->bench.sinks, "sinks of every policy but window")->check(CLI::Range(0, 1 << 20));
+  sub->add_option("--window", o->bench.window, "local window of every policy")->check(CLI::Range(1, 1 << 20));
+  sub->add_option("--shares", o->bench.shares, "budget sweep as shares of --ctx kept (sinks + window + budget)")
+      ->delimiter(',')->check(CLI::Range(0.0, 1.0));
+  sub->add_option("--thresholds", o->bench.thresholds, "learned per-head threshold sweep")->delimiter(',');
+  sub->add_option("--thresholds-layer", o->bench.thresholds_layer, "learned per-layer threshold sweep")->delimiter(',');
+  sub->add_option("--thresholds-global", o->bench.thresholds_global, "learned global (union) threshold sweep")->delimiter(',');
+  sub->add_option("--baselines", o->bench.baselines, "baseline policies (window streaming h2o tova knorm random)")->delimiter(',');
+  sub->add_option("--matched-share", o->bench.matched_share, "KV share the summary and the needle pass compare at")
+      ->check(CLI::Range(0.01, 1.0));
+  sub->add_option("--needle-cases", o->bench.needle_cases, "needle prompts per configuration (0 = no needle pass)")
+      ->check(CLI::Range(0, 100000));
+  sub->add_option("--seed", o->bench.seed, "seed of file order, needle keys and the random policy");
+  sub->add_flag("--no-plots", o->no_plots, "no gnuplot PNGs");
+
+  sub->callback([o] {
+    const eval::bench_options& b = o->bench;
+    for (const std::string& name : b.baselines) {
+      const policy_kind kind = parse_policy_kind(name);
+      if (kind == policy_kind::full || kind == policy_kind::learned) {
+        fail("--baselines takes heuristic policies; full and learned always run (learned with --gates)");
+      }
+    }
+    for (float t : b.thresholds) if (!std::isfinite(t)) fail("--thresholds must be finite numbers");
+    if (b.sinks + b.window + b.batch >= b.ctx) {
+      fail("--ctx {} leaves no room for eviction beyond --sinks {} + --window {} + --batch {}", b.ctx, b.sinks, b.window,
+           b.batch);
+    }
+    if (!o->no_plots) eval::require_gnuplot();
+    apply_threads(*o);
+    const std::string model_path = resolve_model_path(*o);
+    auto m = model::load(model_path);
+    const model_config& mc = m->config();
+    if (b.ctx > mc.n_ctx_train) fail("--ctx {} exceeds the model's context length {}", b.ctx, mc.n_ctx_train);
+    std::shared_ptr<const gate_bank> gates;
+    if (!o->gates.empty()) {
+      gates = std::make_shared<const gate_bank>(gate_bank::load(o->gates));
+      check_matches(gates->meta(), mc.name, mc.arch, mc.n_layer, mc.n_kv_head, mc.d_head);
+    } else {
+      std::fprintf(stderr, "kvgate bench: no --gates: the learned curves are left out\n");
+    }
+    std::filesystem::create_directories(o->out);
+
+    eval::bench_input in;
+    in.model_name = mc.name;
+    in.model_path = model_path;
+    in.gates_path = o->gates;
+    in.corpus = o->corpus;
+    in.options = b;
+    const std::vector<eval::bench_config> configs = eval::bench_configs(b, gates ? &gates->meta() : nullptr);
+    in.windows = eval::bench_windows(o->corpus, *m, b.ctx, b.n_windows, b.seed);
+    if (b.needle_cases > 0) in.cases = eval::needle_cases(o->corpus, *m, b.ctx, b.needle_cases, b.seed);
+
+    stopwatch clock;
+    // Work units: a quality window of one configuration, or one needle case (about as long).
+    // The needle pass runs one configuration per curve.
+    std::vector<std::string> curves;
+    for (const auto& c : configs)
+      if (std::find(curves.begin(), curves.end(), c.curve) == curves.end()) curves.push_back(c.curve);
+    const double quality_units = static_cast<double>(in.windows.size()) * (configs.size() + 1);
+    const double total_units = quality_units + static_cast<double>(curves.size()) * in.cases.size();
+    double units_before = 0;
+    auto progress = [&](const std::string& what, double done, double) {
+      const double units = units_before + done;
+      const double elapsed = clock.seconds();
+      const double eta = units > 0 ? elapsed * (total_units / units - 1.0) : 0.0;
+      std::fprintf(stderr, "\rbench: %.0f/%.0f  %-40.40s  %.0f s elapsed, ETA %.0f s   ", units, total_units,
+                   what.c_str(), elapsed, eta);
+    };
+
+    const std::vector<eval::quality_result> quality =
+        eval::run_quality(*m, gates, configs, in.windows, b.batch, progress);
+    units_before = quality_units;
+    for (size_t i = 0; i < configs.size(); ++i) {
+      eval::bench_row row;
+      row.config = configs[i];
+      row.quality = quality[i];
+      in.rows.push_back(std::move(row));
+    }
+
+    // Needle: per curve, the configuration whose measured KV share is nearest the matched share
+    // (exact for budgets); a curve that never comes within 0.05 of it is left out.
+    if (!in.cases.empty()) {
+      for (const std::string& curve : curves) {
+        eval::bench_row* best = nullptr;
+        for (eval::bench_row& r : in.rows) {
+          if (r.config.curve != curve) continue;
+          const double d = std::abs(r.quality.share_final - b.matched_share);
+          if (!best || d < std::abs(best->quality.share_final - b.matched_share)) best = &r;
+        }
+        if (curve != "full" && std::abs(best->quality.share_final - b.matched_share) > 0.05) continue;
+        best->needle = eval::run_needle(*m, gates, best->config, in.cases, b.batch, progress);
+        best->has_needle = true;
+        units_before += in.cases.size();
+      }
+    }
+    std::fprintf(stderr, "\n");
+    in.seconds = clock.seconds();
+
+    const auto summary = eval::bench_summary(in);
+    eval::write_bench_report(in, summary, o->out, !o->no_plots);
+    std::printf("%s", eval::bench_summary_text(in, summary).c_str());
+    std::printf("report: %s/index.html (report.json, quality.csv, needle.csv)\n", o->out.c_str());
+  });
+}
 
 }  // namespace kvgate::cli

@@ -18,6 +18,7 @@
 
 #include "cli/common.h"
 #include "common/error.h"
+#include "common/files.h"
 #include "data/dataset.h"
 #include "gate/gate_bank.h"
 #include "gate/trainer.h"
@@ -123,23 +124,6 @@ std::string default_loss_csv(const std::string& out) {
   std::filesystem::path p(out);
   if (p.extension() == ".gguf") return p.replace_extension(".loss.csv").string();
   return out + ".loss.csv";
-}
-
-void write_text_atomically(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp." + std::to_string(getpid());
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) fail("cannot create {}", tmp);
-    f << text;
-    f.flush();
-    if (!f) fail("cannot write {}", tmp);
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::filesystem::remove(tmp, ec);
-    fail("cannot rename {} to {}", tmp, path);
-  }
 }
 
 double median(std::vector<double> v) {
@@ -318,7 +302,7 @@ void register_train(CLI::App& app) {
                            e.train_loss[h], e.val_loss[h], e.val_auc[h]);
       }
     }
-    write_text_atomically(loss_csv, csv);
+    write_file_atomically(loss_csv, csv);
 
     nlohmann::ordered_json line = summary;
     line["out"] = o->out;

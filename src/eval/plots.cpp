@@ -1,4 +1,5 @@
 #include "eval/plots.h"
+#include "eval/plot_util.h"
 
 #include <algorithm>
 #include <cmath>
@@ -13,14 +14,6 @@
 #include "common/error.h"
 
 namespace kvgate::eval {
-
-namespace {
-
-// Distinct colours for the heads overlaid in one panel (cycled past 8).
-constexpr const char* k_head_colours[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e",
-                                          "#9467bd", "#8c564b", "#e377c2", "#17becf"};
-
-std::string head_colour(int ih) { return k_head_colours[ih % 8]; }
 
 std::string shell_quote(const std::string& s) {
   std::string out = "'";
@@ -68,6 +61,29 @@ void run_gnuplot(const std::string& plots_dir, const std::string& name) {
     fail("gnuplot wrote no image for {}/{}.gp", plots_dir, name);
   }
 }
+
+std::string html_escape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    switch (c) {
+      case '&': out += "&amp;"; break;
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '"': out += "&quot;"; break;
+      case '\'': out += "&#39;"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
+
+namespace {
+
+// Distinct colours for the heads overlaid in one panel (cycled past 8).
+constexpr const char* k_head_colours[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e",
+                                          "#9467bd", "#8c564b", "#e377c2", "#17becf"};
+
+std::string head_colour(int ih) { return k_head_colours[ih % 8]; }
 
 struct grid {
   int rows = 1, cols = 1;
@@ -318,19 +334,6 @@ void plot_auc_heatmap(const eval_report& r, const eval_input& in, const std::str
   run_gnuplot(dir, "auc_heatmap");
 }
 
-std::string html_escape(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
-    }
-  }
-  return out;
-}
 
 }  // namespace
 

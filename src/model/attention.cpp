@@ -28,10 +28,12 @@ void session::attention(int il, int n_tok, const int32_t* pos) {
   }
 
   const int n_pairs = c.n_head * n_tok;
+  const bool recall = measure_recall_ && cache_.mask_mode();
+  double recall_sum = 0.0;
 #pragma omp parallel num_threads(compute_threads())
   {
     std::vector<float> scores;  // [n_slots] of the current pair
-#pragma omp for schedule(dynamic, 4)
+#pragma omp for schedule(dynamic, 4) reduction(+ : recall_sum)
     for (int pair = 0; pair < n_pairs; ++pair) {
       const int g = pair / n_tok, t = pair % n_tok;
       const kv_head& h = cache_.head(il, g / n_group);
@@ -51,6 +53,16 @@ void session::attention(int il, int n_tok, const int32_t* pos) {
         scores[j] = std::exp(scores[j] - max_score);
         sum += scores[j];
       }
+      if (recall) {
+        // The masked slots' mass relative to the live slots' (same max, so the live part is
+        // exactly what the output used); double, since a masked score may exceed the live max.
+        double masked_mass = 0.0;
+        for (size_t j = 0; j < n_visible; ++j) {
+          if (!h.masked[j]) continue;
+          masked_mass += std::exp(static_cast<double>(simd::dot(q, h.k.data() + j * d, d) * scale) - max_score);
+        }
+        recall_sum += sum / (sum + masked_mass);
+      }
       const float inv = 1.0f / sum;
       float* out = attn_out_.data() + (static_cast<size_t>(t) * c.n_head + g) * d;
       float* weights = keep_weights ? attn_weights_[g].data() + static_cast<size_t>(t) * h.n_slots() : nullptr;
@@ -61,6 +73,11 @@ void session::attention(int il, int n_tok, const int32_t* pos) {
         if (weights) weights[j] = w;
       }
     }
+  }
+
+  if (recall) {
+    recall_[il].sum += recall_sum;
+    recall_[il].n += n_pairs;
   }
 
   if (track_attention_) {

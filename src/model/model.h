@@ -83,6 +83,18 @@ class session {
   // attention in attn_last (for attention-based policies: H2O, TOVA).
   void set_track_attention(bool on) { track_attention_ = on; }
 
+  // Attention-mass recall, for mask mode: for every (query head, query) pair of every layer, the
+  // share of the softmax mass the query would give all the slots it can see, masked ones
+  // included, that falls on the live slots (1 with nothing masked). The output is unchanged: the
+  // masked slots are scored on the side. Summed per layer until reset_recall().
+  struct recall_sum {
+    double sum = 0.0;  // sum over pairs of the live share
+    int64_t n = 0;     // pairs
+  };
+  void set_measure_recall(bool on) { measure_recall_ = on; }
+  const std::vector<recall_sum>& recall() const { return recall_; }  // [n_layer]
+  void reset_recall() { recall_.assign(recall_.size(), {}); }
+
  private:
   void forward_layer(int il, int n_tok, const int32_t* pos);
   void attention(int il, int n_tok, const int32_t* pos);
@@ -95,6 +107,8 @@ class session {
   observer* observer_ = nullptr;
   step_hook* hook_ = nullptr;
   bool track_attention_ = false;
+  bool measure_recall_ = false;
+  std::vector<recall_sum> recall_;  // [n_layer]
 
   // Activations of the current step (n = tokens in the step).
   std::vector<float> x_;       // [n, n_embd] residual stream

@@ -1,0 +1,133 @@
+// The quality bench: every KV policy run over a sweep of its knob on held-out text at long
+// context, measured against the full cache. Two passes:
+//   quality  perplexity, mean KL divergence of the next-token distribution from the full cache's,
+//            top-1 agreement with it, and attention-mass recall. Runs in mask mode (logits
+//            bit-identical to hard eviction, kv_cache tests hold that) so the masked slots'
+//            attention can be scored on the side.
+//   needle   several labelled five-digit keys hidden at chosen depths of a long filler, one asked
+//            for in the chat template; exact match of the greedy answer and the answer's NLL.
+//            Runs with hard eviction, so its prefill speed is the policy's real speed.
+// KV kept is measured, never assumed: the share of (head, token) slots live after the last step
+// (share_final, the x axis of every curve), its mean over the steps and the peak inside a step.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gate/gate_bank.h"
+#include "policy/policy.h"
+
+namespace kvgate {
+class model;
+}
+
+namespace kvgate::eval {
+
+// One point of a curve: a policy with its knob set.
+struct bench_config {
+  std::string curve;     // "h2o", "learned", "learned-global", "learned-budget", ...
+  policy_config policy;
+  double knob = 0.0;     // budget (slots per head) or threshold, as the curve sweeps it
+  std::string knob_name; // "budget" | "threshold" | "-"
+};
+
+struct bench_options {
+  int ctx = 2048;           // tokens per quality window and per needle prompt
+  int batch = 64;           // prefill chunk: the policy evicts between chunks
+  int n_windows = 4;        // quality windows (one per held-out file long enough)
+  int sinks = 4, window = 128;
+  std::vector<double> shares = {0.125, 0.25, 0.5};  // budget curves: (sinks + window + B) / ctx
+  std::vector<float> thresholds = {0.1f, 0.2f, 0.35f, 0.5f, 0.8f};       // learned, per-head
+  std::vector<float> thresholds_layer = {0.5f, 0.8f, 0.95f, 0.99f};      // learned, per-layer
+  std::vector<float> thresholds_global = {0.9f, 0.99f, 0.999f, 0.9999f}; // learned, global
+  std::vector<std::string> baselines = {"window", "streaming", "h2o", "tova", "knorm", "random"};
+  double matched_share = 0.25;  // the budget the summary and the needle pass compare at
+  int needle_cases = 24;
+  uint64_t seed = 1;
+};
+
+// The configurations a bench runs: full; each baseline at each share; with gates, learned in
+// threshold mode per layout and in budget mode at each share.
+std::vector<bench_config> bench_configs(const bench_options& options, const gate_meta* gates);
+
+// Budget B (long-term slots per head) for a share of ctx beyond sinks and window (>= 0).
+int budget_for_share(double share, int ctx, int sinks, int window);
+
+struct quality_result {
+  int64_t n_tokens = 0;      // predicted tokens, all windows
+  double nll = 0.0;          // mean negative log-likelihood
+  double ppl = 0.0;
+  double kl = 0.0;           // mean KL(full || policy), nats per token
+  double top1_agree = 0.0;   // share of positions whose argmax equals the full cache's
+  double recall = 1.0;       // mean attention-mass recall over layers, query heads and queries
+  std::vector<double> recall_layer;  // [n_layer]
+  double share_final = 1.0, share_mean = 1.0, share_peak = 1.0;
+  double bytes_final = 0.0;  // mean over windows of the bytes held after the last step
+  size_t bytes_peak = 0;
+  double gate_s = 0.0;       // time in the scorer
+  double seconds = 0.0;
+};
+
+struct needle_case {
+  std::string label;          // "blue", ...
+  std::string answer;         // " 48213"
+  double depth = 0.0;         // where the asked key sits in the filler (0 = start, 1 = end)
+  std::string source;         // filler file
+  std::vector<int32_t> prompt;  // chat template, up to the assistant's "...key is"
+  std::vector<int32_t> answer_tokens;
+};
+
+struct needle_result {
+  int n_cases = 0, n_correct = 0;
+  double accuracy = 0.0, ci_low = 0.0, ci_high = 0.0;  // Wilson 95% interval
+  double answer_nll = 0.0;    // mean over cases of the answer tokens' summed NLL
+  double share_final = 1.0;   // mean over cases, after the prompt
+  double prefill_tok_s = 0.0;
+  std::vector<uint8_t> correct;  // [n_cases]
+  std::vector<double> nll;       // [n_cases]
+};
+
+struct bench_row {
+  bench_config config;
+  quality_result quality;
+  bool has_needle = false;
+  needle_result needle;
+};
+
+// Wilson score interval for k successes out of n at 95%.
+std::pair<double, double> wilson_interval(int k, int n);
+
+// Linear interpolation of y at x along points sorted by x; NaN outside [x_min, x_max].
+double interpolate(const std::vector<std::pair<double, double>>& points, double x);
+
+// The quality windows: the first ctx tokens of the first n held-out files (in seeded order) that
+// hold at least ctx tokens. Throws error when the corpus has too few.
+struct bench_text {
+  std::string source;
+  std::vector<int32_t> tokens;  // [ctx]
+};
+std::vector<bench_text> bench_windows(const std::vector<std::string>& corpus, const model& m, int ctx,
+                                      int n, uint64_t seed);
+
+// Needle cases over filler from the held-out files: three keys per prompt, the asked one at
+// depths cycling through 0.1 .. 0.9; prompts of about ctx tokens.
+std::vector<needle_case> needle_cases(const std::vector<std::string>& corpus, const model& m, int ctx,
+                                      int n_cases, uint64_t seed);
+
+// Progress callback: (done, total) units of work, for the caller's ETA line.
+using bench_progress = std::function<void(const std::string& what, double done, double total)>;
+
+// The quality pass over every configuration (one full-cache run per window for the reference).
+std::vector<quality_result> run_quality(const model& m, std::shared_ptr<const gate_bank> gates,
+                                        const std::vector<bench_config>& configs,
+                                        const std::vector<bench_text>& windows, int batch,
+                                        const bench_progress& progress);
+
+// The needle pass of one configuration.
+needle_result run_needle(const model& m, std::shared_ptr<const gate_bank> gates, const bench_config& config,
+                         const std::vector<needle_case>& cases, int batch, const bench_progress& progress);
+
+}  // namespace kvgate::eval
