@@ -2,9 +2,12 @@
 # The README's main job, on the default model and corpora: collect attention labels on the
 # training corpus (Python docs) and the held-out corpus (git docs), train every head's gate (binary
 # objective, and the older lifetime objective for comparison), evaluate both on the held-out data
-# and write the report; then a chat answer from the model. Steps are resumable: rerunning continues
-# collections where they stopped. Outputs go to $KVGATE_OUT (default: out/ in the repository).
-# Sizes can be changed with KVGATE_TRAIN_TOKENS / KVGATE_HELDOUT_TOKENS.
+# and write the report; then the quality bench of every KV policy against the learned gates on the
+# held-out corpus, and the demonstration (a long document and a question about a detail far back,
+# answered with the learned policy; the page dims what it evicted). Ends with the one-screen
+# summary at a matched KV budget. Collections resume where they stopped. Outputs go to $KVGATE_OUT
+# (default: out/ in the repository). Sizes: KVGATE_TRAIN_TOKENS, KVGATE_HELDOUT_TOKENS,
+# KVGATE_BENCH_WINDOWS, KVGATE_NEEDLE_CASES, KVGATE_BENCH_CTX.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -13,6 +16,9 @@ scripts/build.sh
 out="${KVGATE_OUT:-out}"
 train_tokens="${KVGATE_TRAIN_TOKENS:-80000}"
 heldout_tokens="${KVGATE_HELDOUT_TOKENS:-24000}"
+bench_windows="${KVGATE_BENCH_WINDOWS:-3}"
+needle_cases="${KVGATE_NEEDLE_CASES:-16}"
+bench_ctx="${KVGATE_BENCH_CTX:-2048}"
 mkdir -p "$out"
 kvgate=build/kvgate
 start=$(date +%s)
@@ -35,9 +41,22 @@ echo "== eval on the held-out corpus" >&2
 $kvgate eval --gates "$out/gates.gguf" --compare "$out/gates_lifetime.gguf" --data "$out/heldout" \
   --out "$out/report" > "$out/eval_summary.txt"
 
-echo "== chat" >&2
-$kvgate generate --chat --prompt "What are the three primary colors?" -n 64 --temp 0
+echo "== bench: every policy against KV kept, $bench_windows windows of $bench_ctx tokens, $needle_cases needle cases" >&2
+$kvgate bench --gates "$out/gates.gguf" --out "$out/bench" --ctx "$bench_ctx" --windows "$bench_windows" \
+  --needle-cases "$needle_cases" > "$out/bench_summary.txt"
+
+echo "== demonstration: a long document, a question about a detail far back, the learned policy" >&2
+$kvgate demo --gates "$out/gates.gguf" --doc /usr/share/doc/git-doc/git-bisect-lk2009.txt --max-doc-tokens 1800 \
+  --question "According to the text above, who created Git, and who maintains it?" -n 64 \
+  --out "$out/demo" > "$out/demo_summary.txt"
 
 echo
 echo "== summary (main job done in $(( $(date +%s) - start )) s)"
+echo "-- gates on the held-out corpus ($out/report/index.html)"
 cat "$out/eval_summary.txt"
+echo
+echo "-- policies at a matched KV budget ($out/bench/index.html)"
+cat "$out/bench_summary.txt"
+echo
+echo "-- demonstration ($out/demo/demo.html)"
+cat "$out/demo_summary.txt"

@@ -458,6 +458,73 @@ TEST(collect, dataset_round_trips_through_load) {
               static_cast<long long>(stored), static_cast<long long>(labelled));
 }
 
+// With chat_share 1 every document runs as the user's message of the chat template: the counts
+// equal labelling the wrapped token sequences built here from the template text.
+TEST(collect, chat_share_runs_documents_inside_the_chat_template) {
+  const std::string corpus = make_corpus();
+  const std::string out = test::temp_dir() + "/chat";
+  collect_options o = tiny_options(corpus, out);
+  o.chat_share = 1.0f;
+  auto m = model::load(o.model_path);
+  collect(*m, o);
+  const dataset d = dataset::load(out);
+  EXPECT_FLOAT_EQ(d.manifest.chat_share, 1.0f);
+
+  const tokenizer& vocab = m->vocab();
+  const std::vector<chat_message> messages = {{"user", "@@doc@@"}};
+  const std::string text = vocab.apply_chat(messages, true);
+  const size_t at = text.find("@@doc@@");
+  ASSERT_NE(at, std::string::npos);
+  const auto prefix = vocab.encode(text.substr(0, at), true);
+  const auto suffix = vocab.encode(text.substr(at + 7), true);
+  ASSERT_GT(prefix.size(), 2u);
+  EXPECT_EQ(prefix[0], vocab.encode("<|im_start|>", true)[0]);
+
+  const model_config& c = m->config();
+  corpus_listing listing = list_corpus({corpus});
+  shuffle_files(listing, o.seed);
+  corpus_reader reader(listing, vocab, o.ctx, o.label.window + 64);
+  std::vector<int64_t> n_pos(c.n_heads_total()), n_neg(c.n_heads_total());
+  corpus_document doc;
+  int64_t n_tokens = 0;
+  std::vector<int> window_tokens;
+  while (reader.next(doc)) {
+    std::vector<int32_t> run = prefix;
+    const size_t room = o.ctx - prefix.size() - suffix.size();
+    run.insert(run.end(), doc.tokens.begin(), doc.tokens.begin() + std::min(room, doc.tokens.size()));
+    run.insert(run.end(), suffix.begin(), suffix.end());
+    const int T = static_cast<int>(run.size());
+    session s(*m, {.n_ctx = T, .n_batch = o.n_batch});
+    labeler lab(c.n_layer, c.n_head, c.n_kv_head, c.d_head, o.label);
+    s.set_observer(&lab);
+    lab.begin(T);
+    s.prefill(run);
+    const label_range r = labelled_range(T, o.label);
+    for (int h = 0; h < lab.n_heads(); ++h)
+      for (int j = r.first; j < r.end; ++j) ++(lab.label(h, j) ? n_pos : n_neg)[h];
+    n_tokens += T;
+    window_tokens.push_back(static_cast<int>(doc.tokens.size()));
+  }
+  EXPECT_EQ(d.manifest.n_tokens, n_tokens);
+  EXPECT_EQ(d.manifest.n_pos, n_pos);
+  EXPECT_EQ(d.manifest.n_neg, n_neg);
+  ASSERT_EQ(d.manifest.docs.size(), window_tokens.size());
+  for (size_t i = 0; i < window_tokens.size(); ++i) EXPECT_EQ(d.manifest.docs[i].n_tokens, window_tokens[i]);
+
+  // Half the documents: fewer tokens than all wrapped, more than none; resuming with another
+  // share is refused.
+  const std::string half_out = test::temp_dir() + "/half";
+  collect_options half = tiny_options(corpus, half_out);
+  half.chat_share = 0.5f;
+  half.seed = 3;
+  collect(*m, half);
+  const int64_t half_tokens = dataset::load(half_out).manifest.n_tokens;
+  EXPECT_LE(half_tokens, n_tokens);
+  collect_options plain = tiny_options(corpus, half_out);
+  plain.seed = 3;
+  EXPECT_NE(error_of([&] { collect(*m, plain); }).find("chat_share"), std::string::npos);
+}
+
 TEST(collect, killed_run_resumes_without_loss_or_duplicates) {
   const std::string corpus = make_corpus(), ref = test::temp_dir() + "/ref", out = test::temp_dir() + "/ds";
   auto m = model::load(tiny_model_path());

@@ -47,6 +47,8 @@ void register_bench(CLI::App& app) {
       ->check(CLI::Range(0.01, 1.0));
   sub->add_option("--needle-cases", o->bench.needle_cases, "needle prompts per configuration (0 = no needle pass)")
       ->check(CLI::Range(0, 100000));
+  sub->add_option("--needle-ctx", o->bench.needle_ctx, "tokens per needle prompt (default: --ctx)")
+      ->check(CLI::Range(0, 1 << 20));
   sub->add_option("--seed", o->bench.seed, "seed of file order, needle keys and the random policy");
   sub->add_flag("--no-plots", o->no_plots, "no gnuplot PNGs");
 
@@ -86,7 +88,10 @@ void register_bench(CLI::App& app) {
     in.options = b;
     const std::vector<eval::bench_config> configs = eval::bench_configs(b, gates ? &gates->meta() : nullptr);
     in.windows = eval::bench_windows(o->corpus, *m, b.ctx, b.n_windows, b.seed);
-    if (b.needle_cases > 0) in.cases = eval::needle_cases(o->corpus, *m, b.ctx, b.needle_cases, b.seed);
+    const int needle_ctx = b.needle_ctx > 0 ? b.needle_ctx : b.ctx;
+    if (needle_ctx > mc.n_ctx_train) fail("--needle-ctx {} exceeds the model's context length {}", needle_ctx, mc.n_ctx_train);
+    if (needle_ctx < 256) fail("--needle-ctx {} is too short for three keys, a question and filler (at least 256)", needle_ctx);
+    if (b.needle_cases > 0) in.cases = eval::needle_cases(o->corpus, *m, needle_ctx, b.needle_cases, b.seed);
 
     stopwatch clock;
     // Work units: a quality window of one configuration, or one needle case (about as long).
@@ -126,7 +131,14 @@ void register_bench(CLI::App& app) {
           if (!best || d < std::abs(best->quality.share_final - b.matched_share)) best = &r;
         }
         if (curve != "full" && std::abs(best->quality.share_final - b.matched_share) > 0.05) continue;
-        best->needle = eval::run_needle(*m, gates, best->config, in.cases, b.batch, progress);
+        // A budget keeps the same share of the needle prompt as of the quality window.
+        eval::bench_config needle_config = best->config;
+        if (needle_config.policy.mode == select_mode::budget) {
+          const policy_config& p = needle_config.policy;
+          needle_config.policy.budget = eval::budget_for_share(static_cast<double>(p.sinks + p.window + p.budget) / b.ctx,
+                                                               needle_ctx, p.sinks, p.window);
+        }
+        best->needle = eval::run_needle(*m, gates, needle_config, in.cases, b.batch, progress);
         best->has_needle = true;
         units_before += in.cases.size();
       }

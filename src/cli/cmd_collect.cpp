@@ -47,6 +47,10 @@ void register_collect(CLI::App& app) {
   sub->add_option("--key", c.label.key_kind, "gate input: key before or after RoPE")
       ->capture_default_str()->check(CLI::IsMember({"pre-rope", "post-rope"}));
   sub->add_option("--negative-keep", c.negative_keep, "share of negative examples stored")->capture_default_str();
+  c.chat_share = 0.5f;
+  sub->add_option("--chat-share", c.chat_share,
+                  "share of documents run inside the chat template, as a user message the assistant answers")
+      ->capture_default_str();
   sub->add_option("--seed", c.seed, "seed of the negative subsampling and the file order")->capture_default_str();
   sub->add_flag("--shuffle,!--no-shuffle", c.shuffle, "read files in an order drawn from --seed (default), or sorted by path");
   sub->add_option("--shard-docs", c.shard_docs, "documents per shard")->capture_default_str()->check(CLI::Range(1, 1 << 20));

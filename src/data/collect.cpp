@@ -10,6 +10,7 @@
 #include "common/error.h"
 #include "data/labeler.h"
 #include "model/model.h"
+#include "tokenizer/tokenizer.h"
 
 namespace kvgate {
 
@@ -25,6 +26,41 @@ uint64_t splitmix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
+// Puts a chosen share of the documents inside the chat template: the text becomes the user's
+// message, followed by the assistant's header, as a served prompt holding a pasted document.
+class chat_wrapper {
+ public:
+  chat_wrapper(const tokenizer& vocab, float share, uint64_t seed) : share_(share), seed_(seed) {
+    if (share_ <= 0.0f) return;
+    const std::string marker = "@@kvgate-document@@";
+    const std::vector<chat_message> messages = {{"user", marker}};
+    const std::string text = vocab.apply_chat(messages, true);
+    const size_t at = text.find(marker);
+    if (at == std::string::npos) fail("collect: the chat template lost the user's message");
+    prefix_ = vocab.encode(text.substr(0, at), true);
+    suffix_ = vocab.encode(text.substr(at + marker.size()), true);
+  }
+
+  // The tokens to run for document index doc: the window itself, or (chosen from the seed)
+  // prefix + as much of it as fits ctx + suffix, built in buffer.
+  const std::vector<int32_t>& wrap(const std::vector<int32_t>& window, int64_t doc, int ctx,
+                                   std::vector<int32_t>& buffer) const {
+    if (share_ <= 0.0f) return window;
+    const uint64_t h = splitmix64(splitmix64(seed_ ^ 0x636861745f646f63ull) ^ static_cast<uint64_t>(doc));
+    if (static_cast<double>(h >> 11) * 0x1.0p-53 >= share_) return window;
+    const size_t room = static_cast<size_t>(std::max(0, ctx - static_cast<int>(prefix_.size() + suffix_.size())));
+    buffer.assign(prefix_.begin(), prefix_.end());
+    buffer.insert(buffer.end(), window.begin(), window.begin() + std::min(room, window.size()));
+    buffer.insert(buffer.end(), suffix_.begin(), suffix_.end());
+    return buffer;
+  }
+
+ private:
+  float share_;
+  uint64_t seed_;
+  std::vector<int32_t> prefix_, suffix_;  // template tokens before and after the message
+};
+
 std::string shard_name(size_t index) { return fmt::format("shard-{:05d}.bin", index); }
 
 bool is_our_file(const std::string& name) {
@@ -37,6 +73,7 @@ void validate(const model_config& c, const collect_options& o) {
   if (!(p.tau > 0.0f && p.tau <= 1.0f)) fail("--tau must be in (0, 1], not {}", p.tau);
   if (p.sinks < 0 || p.window < 0 || p.horizon < 1) fail("--sinks and --window must be >= 0 and --horizon >= 1");
   if (p.max_bucket < 0 || p.max_bucket > 255) fail("max_bucket must be in [0, 255]");
+  if (!(o.chat_share >= 0.0f && o.chat_share <= 1.0f)) fail("--chat-share must be in [0, 1], not {}", o.chat_share);
   if (p.key_kind != "pre-rope" && p.key_kind != "post-rope") fail("--key must be pre-rope or post-rope, not '{}'", p.key_kind);
   if (o.ctx < p.window + 64) fail("--ctx {} is too short for --window {}: documents need at least window + 64 tokens", o.ctx, p.window);
   if (o.ctx > c.n_ctx_train) fail("--ctx {} exceeds the model's context length {}", o.ctx, c.n_ctx_train);
@@ -69,6 +106,7 @@ std::vector<std::string> differences(const dataset_manifest& a, const dataset_ma
   check("ctx", a.ctx, b.ctx);
   check("min_doc_tokens", a.min_doc_tokens, b.min_doc_tokens);
   check("batch", a.n_batch, b.n_batch);
+  check("chat_share", a.chat_share, b.chat_share);
   if (a.corpus_files != b.corpus_files) {  // the order counts too (--seed, --no-shuffle)
     out.push_back(fmt::format("corpus ({} files in the dataset, {} now{})", a.corpus_files.size(), b.corpus_files.size(),
                               a.corpus_files.size() == b.corpus_files.size() ? ", names differ" : ""));
@@ -229,6 +267,7 @@ ojson collect(const model& mdl, const collect_options& o, const collect_progress
   fresh.ctx = o.ctx;
   fresh.min_doc_tokens = o.label.window + 64;
   fresh.n_batch = o.n_batch;
+  fresh.chat_share = o.chat_share;
   fresh.shard_docs = o.shard_docs;
   fresh.corpus_files = corpus.files;
   fresh.n_pos.assign(fresh.n_heads(), 0);
@@ -267,6 +306,8 @@ ojson collect(const model& mdl, const collect_options& o, const collect_progress
     buf.reset(n_heads);
   };
 
+  const chat_wrapper chat(mdl.vocab(), o.chat_share, o.seed);
+  std::vector<int32_t> run_tokens_buf;
   corpus_document doc;
   while (true) {
     const int64_t n_docs = man.n_docs + static_cast<int64_t>(buf.docs.size());
@@ -274,16 +315,18 @@ ojson collect(const model& mdl, const collect_options& o, const collect_progress
     if ((o.max_docs > 0 && n_docs >= o.max_docs) || (o.max_tokens > 0 && n_tokens >= o.max_tokens)) break;
     if (!reader.next(doc)) break;
 
-    const int T = static_cast<int>(doc.tokens.size());
+    const int window_tokens = static_cast<int>(doc.tokens.size());
+    const std::vector<int32_t>& tokens = chat.wrap(doc.tokens, n_docs, o.ctx, run_tokens_buf);
+    const int T = static_cast<int>(tokens.size());
     s.reset();
     lab.begin(T);
     for (int i = 0; i < T; i += o.n_batch) {
       const int n = std::min(o.n_batch, T - i);
-      s.step(std::span<const int32_t>(doc.tokens.data() + i, n), logits_mode::none);
+      s.step(std::span<const int32_t>(tokens.data() + i, n), logits_mode::none);
     }
     if (!lab.complete()) fail("collect: the labeler missed part of document {}", n_docs);
     emit(lab, n_docs, o, buf);
-    buf.docs.push_back({doc.file, doc.offset, T});
+    buf.docs.push_back({doc.file, doc.offset, window_tokens});  // resume seeks past the window
     buf.n_tokens += T;
     ++run_docs;
     run_tokens += T;

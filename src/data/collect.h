@@ -31,6 +31,11 @@ struct collect_options {
   float negative_keep = 0.1f;       // chance a negative example is stored (positives always are)
   uint64_t seed = 1;                // negative subsampling and file order
   bool shuffle = true;              // files in an order drawn from seed (else sorted by path)
+  // Share of documents run inside the model's chat template, as the user message of a
+  // conversation that the assistant is about to answer (the way served prompts hold a pasted
+  // text). Gates trained on bare text alone never see the template's tokens, and evicting the
+  // system prompt's first tokens breaks the model's answers. Chosen per document from seed.
+  float chat_share = 0.0f;
   int shard_docs = 8;               // documents per shard
   // Diagnostics: also count, over this run's documents, the positives y would give at these
   // thresholds (y only; lifetime stays at label.tau). Used to choose tau.

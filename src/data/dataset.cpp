@@ -170,6 +170,7 @@ json dataset_manifest::to_json() const {
       {"ctx", ctx},
       {"min_doc_tokens", min_doc_tokens},
       {"n_batch", n_batch},
+      {"chat_share", shortest(chat_share)},
       {"shard_docs", shard_docs},
       {"corpus_files", corpus_files},
       {"n_docs", n_docs},
@@ -215,6 +216,7 @@ dataset_manifest dataset_manifest::from_json(const json& j, const std::string& w
   m.ctx = optional_field<int>(j, "ctx", 0, where);
   m.min_doc_tokens = optional_field<int>(j, "min_doc_tokens", 0, where);
   m.n_batch = optional_field<int>(j, "n_batch", 0, where);
+  m.chat_share = optional_field<float>(j, "chat_share", 0.0f, where);
   m.seed = optional_field<uint64_t>(j, "seed", 0, where);
   m.shard_docs = optional_field<int>(j, "shard_docs", 0, where);
   m.n_stored = optional_field<std::vector<int64_t>>(j, "n_stored", {}, where);

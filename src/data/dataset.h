@@ -42,7 +42,7 @@ struct head_examples {
 struct document_info {
   int file = 0;           // index into corpus_files
   int64_t offset = 0;     // first token's index in the file's tokens
-  int n_tokens = 0;
+  int n_tokens = 0;       // the corpus window's tokens (a chat-wrapped run adds the template's)
 };
 
 struct dataset_manifest {
@@ -63,6 +63,7 @@ struct dataset_manifest {
   int ctx = 0;                        // documents are windows of at most ctx tokens
   int min_doc_tokens = 0;             // shorter windows were skipped
   int n_batch = 0;                    // prefill chunk size (changes the arithmetic slightly)
+  float chat_share = 0.0f;            // share of documents wrapped in the chat template (collect.h)
   uint64_t seed = 0;                  // negative subsampling seed
   int shard_docs = 0;                 // documents per shard
   std::vector<int64_t> n_stored;      // [n_heads] examples stored (all positives + kept negatives)

@@ -40,12 +40,15 @@ struct bench_options {
   int n_windows = 4;        // quality windows (one per held-out file long enough)
   int sinks = 4, window = 128;
   std::vector<double> shares = {0.125, 0.25, 0.5};  // budget curves: (sinks + window + B) / ctx
-  std::vector<float> thresholds = {0.1f, 0.2f, 0.35f, 0.5f, 0.8f};       // learned, per-head
-  std::vector<float> thresholds_layer = {0.5f, 0.8f, 0.95f, 0.99f};      // learned, per-layer
-  std::vector<float> thresholds_global = {0.9f, 0.99f, 0.999f, 0.9999f}; // learned, global
+  // Threshold sweeps of the learned gates, chosen to span about 10-60% of the KV cache at 2048
+  // tokens on SmolLM2-135M; global 0.5 is the seed's Global Union at its default threshold.
+  std::vector<float> thresholds = {0.1f, 0.2f, 0.3f, 0.4f, 0.5f, 0.65f};  // per-head
+  std::vector<float> thresholds_layer = {0.3f, 0.5f, 0.65f, 0.8f};        // per-layer
+  std::vector<float> thresholds_global = {0.5f, 0.8f, 0.9f, 0.95f, 0.99f}; // global
   std::vector<std::string> baselines = {"window", "streaming", "h2o", "tova", "knorm", "random"};
   double matched_share = 0.25;  // the budget the summary and the needle pass compare at
   int needle_cases = 24;
+  int needle_ctx = 0;           // tokens per needle prompt (0: ctx)
   uint64_t seed = 1;
 };
 

@@ -205,8 +205,10 @@ std::string bench_summary_text(const bench_input& in, const ordered_json& summar
 namespace {
 
 // Gnuplot data: one block per curve (index i), columns share, ppl +%, KL, recall, top-1.
-void plot_quality(const bench_input& in, const std::string& dir) {
+// Returns false (and draws nothing) when there is no curve besides the full cache.
+bool plot_quality(const bench_input& in, const std::string& dir) {
   const auto curves = curves_of(in);
+  if (curves.size() < 2) return false;
   std::string dat;
   for (const auto& [name, rows] : curves) {
     dat += "# " + name + "\n";
@@ -230,24 +232,38 @@ void plot_quality(const bench_input& in, const std::string& dir) {
   const std::pair<int, const char*> panels[] = {{2, "perplexity increase over the full cache (%)"},
                                                 {3, "mean KL(full || policy), nats/token"},
                                                 {4, "attention-mass recall"}};
+  // One colour per curve in every panel; the learned curves drawn thicker. The full cache is the
+  // reference (0 increase, 0 KL, recall 1), so it is not a curve.
+  static const char* const k_colours[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2",
+                                          "#7f7f7f", "#bcbd22", "#17becf", "#d62728", "#000000", "#aec7e8"};
   for (const auto& [column, title] : panels) {
+    // A log scale shows curves that differ by orders of magnitude, but drops values <= 0 (a
+    // policy can beat the full cache by a hair on perplexity): then the axis stays linear.
+    bool positive = true;
+    for (const auto& [name, rows] : curves)
+      for (const bench_row* r : rows)
+        if (name != "full" && (column == 2 ? ppl_increase_pct(in, r->quality) : r->quality.kl) <= 0) positive = false;
     gp += fmt::format("set title '{}'\nset ylabel '{}'\n", title, title);
-    gp += column == 4 ? "set key bottom right\n" : "set logscale y\nset key top right\n";
+    gp += column == 4 ? "set key bottom right\n" : (positive ? "set logscale y\nset key top right\n" : "set key top right\n");
     gp += "plot ";
+    bool first = true;
     for (size_t i = 0; i < curves.size(); ++i) {
+      if (curves[i].first == "full") continue;
       const bool learned = curves[i].first.rfind("learned", 0) == 0;
-      if (curves[i].first == "full" && column != 4) continue;  // 0 on a log scale
-      gp += fmt::format("{}'quality.dat' index {} using 1:{} with linespoints lw {} pt 7 ps 0.8 title '{}'",
-                        gp.back() == ' ' ? "" : ", ", i, column, learned ? 2.5 : 1.2, curves[i].first);
+      gp += fmt::format("{}'quality.dat' index {} using 1:{} with linespoints lw {} pt 7 ps 0.8 lc rgb '{}' title '{}'",
+                        first ? "" : ", ", i, column, learned ? 2.5 : 1.2, k_colours[i % std::size(k_colours)],
+                        curves[i].first);
+      first = false;
     }
     gp += "\nunset logscale y\n";
   }
   gp += "unset multiplot\n";
   write_file_atomically(dir + "/quality_vs_kv.gp", gp);
   run_gnuplot(dir, "quality_vs_kv");
+  return true;
 }
 
-void plot_needle(const bench_input& in, const std::string& dir) {
+bool plot_needle(const bench_input& in, const std::string& dir) {
   std::string dat;
   int n = 0;
   for (const bench_row& r : in.rows) {
@@ -255,13 +271,14 @@ void plot_needle(const bench_input& in, const std::string& dir) {
     dat += fmt::format("{} \"{}\\n{}\\nKV {:.2f}\" {:.6g} {:.6g} {:.6g} {:.6g}\n", n++, r.config.curve, knob_text(r.config),
                        r.needle.share_final, r.needle.accuracy, r.needle.ci_low, r.needle.ci_high, r.needle.answer_nll);
   }
-  if (n == 0) return;
+  if (n == 0) return false;
   write_file_atomically(dir + "/needle.dat", dat);
   std::string gp = terminal_line(std::max(900, 110 * n + 200), 480);
   gp += "set output '../needle.png'\n";
   gp += fmt::format("set multiplot layout 1,2 title \"Needle retrieval: {} cases of ~{} tokens, 3 keys each; "
                     "policies at ~{:.0f}% KV kept\" font ',12'\n",
-                    in.cases.size(), in.options.ctx, 100 * in.options.matched_share);
+                    in.cases.size(), in.options.needle_ctx > 0 ? in.options.needle_ctx : in.options.ctx,
+                    100 * in.options.matched_share);
   gp += "set grid y\nset style fill solid 0.6\nset boxwidth 0.6\nset xtics font ',8'\nunset key\n";
   gp += "set title 'exact match of the greedy answer (bars: 95% Wilson interval)'\nset yrange [0:1.05]\n";
   gp += "plot 'needle.dat' using 1:3:xtic(2) with boxes lc rgb '#4c72b0', '' using 1:3:4:5 with yerrorbars lc rgb "
@@ -271,6 +288,7 @@ void plot_needle(const bench_input& in, const std::string& dir) {
   gp += "unset multiplot\n";
   write_file_atomically(dir + "/needle.gp", gp);
   run_gnuplot(dir, "needle");
+  return true;
 }
 
 std::string csv_quality(const bench_input& in) {
@@ -310,7 +328,7 @@ std::string csv_needle(const bench_input& in, bool per_case) {
   return s;
 }
 
-std::string index_html(const bench_input& in, const ordered_json& summary, bool plots) {
+std::string index_html(const bench_input& in, const ordered_json& summary, bool quality_png, bool needle_png) {
   std::string h =
       "<!doctype html>\n<html><head><meta charset='utf-8'><title>kvgate bench</title>\n"
       "<style>body{font-family:sans-serif;max-width:1500px;margin:1em auto;padding:0 1em}"
@@ -324,12 +342,8 @@ std::string index_html(const bench_input& in, const ordered_json& summary, bool 
                    html_escape(fmt::format("{}", fmt::join(in.corpus, ", "))), in.windows.size(), in.options.ctx,
                    in.options.batch, in.options.sinks, in.options.window, in.cases.size());
   h += "<h2>At a matched KV budget</h2>\n<pre>" + html_escape(bench_summary_text(in, summary)) + "</pre>\n";
-  if (plots) {
-    h += "<h2>Quality against KV kept</h2>\n<a href='quality_vs_kv.png'><img src='quality_vs_kv.png'></a>\n";
-    if (std::any_of(in.rows.begin(), in.rows.end(), [](const bench_row& r) { return r.has_needle; })) {
-      h += "<h2>Needle retrieval</h2>\n<a href='needle.png'><img src='needle.png'></a>\n";
-    }
-  }
+  if (quality_png) h += "<h2>Quality against KV kept</h2>\n<a href='quality_vs_kv.png'><img src='quality_vs_kv.png'></a>\n";
+  if (needle_png) h += "<h2>Needle retrieval</h2>\n<a href='needle.png'><img src='needle.png'></a>\n";
   h += "<h2>Every configuration</h2>\n<table><tr><th>curve</th><th>knob</th><th>KV kept (final)</th><th>KV mean</th>"
        "<th>KV peak</th><th>bytes peak</th><th>ppl</th><th>ppl +%</th><th>KL</th><th>top-1</th><th>recall</th>"
        "<th>needle</th></tr>\n";
@@ -370,6 +384,7 @@ void write_bench_report(const bench_input& in, const ordered_json& summary, cons
                       {"shares", in.options.shares},
                       {"matched_share", in.options.matched_share},
                       {"needle_cases", in.cases.size()},
+                      {"needle_ctx", in.options.needle_ctx > 0 ? in.options.needle_ctx : in.options.ctx},
                       {"seed", in.options.seed}}}};
   ordered_json sources = ordered_json::array();
   for (const bench_text& w : in.windows) sources.push_back(w.source);
@@ -384,11 +399,9 @@ void write_bench_report(const bench_input& in, const ordered_json& summary, cons
   write_file_atomically(out_dir + "/needle.csv", csv_needle(in, false));
   write_file_atomically(out_dir + "/needle_cases.csv", csv_needle(in, true));
   write_file_atomically(out_dir + "/summary.txt", bench_summary_text(in, summary));
-  if (plots) {
-    plot_quality(in, out_dir + "/plots");
-    plot_needle(in, out_dir + "/plots");
-  }
-  write_file_atomically(out_dir + "/index.html", index_html(in, summary, plots));
+  const bool quality_png = plots && plot_quality(in, out_dir + "/plots");
+  const bool needle_png = plots && plot_needle(in, out_dir + "/plots");
+  write_file_atomically(out_dir + "/index.html", index_html(in, summary, quality_png, needle_png));
 }
 
 }  // namespace kvgate::eval

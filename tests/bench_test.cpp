@@ -1,0 +1,178 @@
+// kvgate bench: its statistics helpers, the configurations it sweeps, and an end-to-end run on
+// the real model whose figures are checked against `kvgate perplexity` (an independent path:
+// hard eviction, its own NLL) and against what the policies must keep.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "eval/bench.h"
+#include "test_util.h"
+
+namespace kvgate {
+namespace {
+
+namespace fs = std::filesystem;
+
+TEST(bench, wilson_interval_matches_textbook_values) {
+  // 8/10 and 0/10 at 95% (Wilson 1927; e.g. Newcombe 1998, table I).
+  auto [lo, hi] = eval::wilson_interval(8, 10);
+  EXPECT_NEAR(lo, 0.4902, 1e-4);
+  EXPECT_NEAR(hi, 0.9433, 1e-4);
+  std::tie(lo, hi) = eval::wilson_interval(0, 10);
+  EXPECT_NEAR(lo, 0.0, 1e-12);
+  EXPECT_NEAR(hi, 0.2775, 1e-4);
+  std::tie(lo, hi) = eval::wilson_interval(81, 263);
+  EXPECT_NEAR(lo, 0.2553, 1e-3);
+  EXPECT_NEAR(hi, 0.3662, 1e-3);
+}
+
+TEST(bench, interpolation_is_linear_inside_and_nan_outside) {
+  const std::vector<std::pair<double, double>> p = {{0.1, 10.0}, {0.3, 6.0}, {0.5, 2.0}};
+  EXPECT_DOUBLE_EQ(eval::interpolate(p, 0.2), 8.0);
+  EXPECT_DOUBLE_EQ(eval::interpolate(p, 0.5), 2.0);
+  EXPECT_DOUBLE_EQ(eval::interpolate(p, 0.4), 4.0);
+  EXPECT_TRUE(std::isnan(eval::interpolate(p, 0.05)));
+  EXPECT_TRUE(std::isnan(eval::interpolate(p, 0.6)));
+}
+
+TEST(bench, configurations_cover_every_policy_at_budgets_matching_the_shares) {
+  eval::bench_options o;
+  o.ctx = 2048;
+  o.shares = {0.25};
+  std::vector<eval::bench_config> configs = eval::bench_configs(o, nullptr);
+  ASSERT_EQ(configs.size(), 1 + o.baselines.size());
+  EXPECT_EQ(configs[0].policy.kind, policy_kind::full);
+  for (size_t i = 1; i < configs.size(); ++i) {
+    const policy_config& p = configs[i].policy;
+    EXPECT_EQ(p.mode, select_mode::budget);
+    EXPECT_EQ(p.sinks + p.window + p.budget, 512) << configs[i].curve;
+    EXPECT_EQ(p.sinks, configs[i].curve == "window" ? 0 : 4);
+  }
+
+  gate_meta meta;
+  meta.sinks = 4;
+  meta.window = 128;
+  meta.threshold = 0.5f;
+  configs = eval::bench_configs(o, &meta);
+  int learned = 0, global = 0, budget = 0;
+  for (const auto& c : configs) {
+    if (c.policy.kind != policy_kind::learned) continue;
+    ++learned;
+    global += c.policy.layout == layout_kind::global;
+    if (c.policy.mode == select_mode::budget) {
+      ++budget;
+      EXPECT_EQ(c.policy.budget, 380);
+    } else {
+      EXPECT_FLOAT_EQ(c.policy.threshold, static_cast<float>(c.knob));
+    }
+  }
+  EXPECT_EQ(learned, static_cast<int>(o.thresholds.size() + o.thresholds_layer.size() + o.thresholds_global.size() + 1));
+  EXPECT_EQ(global, static_cast<int>(o.thresholds_global.size()));
+  EXPECT_EQ(budget, 1);
+}
+
+// Plain prose from a small vocabulary, long enough for a 256-token window.
+std::string prose(uint64_t seed, int n_sentences) {
+  static const char* const words[] = {"the", "cache", "keeps", "tokens", "that", "matter", "later", "while",
+                                      "others", "leave", "window", "model", "reads", "every", "line", "and",
+                                      "answers", "questions", "about", "old", "text", "with", "small", "gates"};
+  std::mt19937_64 rng(seed);
+  std::string s;
+  for (int i = 0; i < n_sentences; ++i) {
+    const int n = 6 + static_cast<int>(rng() % 8);
+    for (int w = 0; w < n; ++w) {
+      std::string word = words[rng() % std::size(words)];
+      if (w == 0) word[0] = static_cast<char>(std::toupper(word[0]));
+      s += word + (w + 1 < n ? " " : ".\n");
+    }
+  }
+  return s;
+}
+
+struct run_result {
+  int status;
+  std::string out, err;
+};
+
+run_result run(const std::string& args) {
+  const std::string err_file = test::temp_dir() + "/stderr";
+  run_result r;
+  r.status = test::run_command(std::string(KVGATE_BINARY) + " " + args + " 2>" + err_file, &r.out);
+  std::ifstream in(err_file);
+  r.err.assign(std::istreambuf_iterator<char>(in), {});
+  return r;
+}
+
+TEST(bench, end_to_end_figures_agree_with_perplexity_and_the_budgets) {
+  const std::string corpus = test::temp_dir() + "/corpus";
+  fs::create_directories(corpus);
+  for (int i = 0; i < 2; ++i) std::ofstream(corpus + "/doc" + std::to_string(i) + ".txt") << prose(i + 1, 80);
+  const std::string out = test::temp_dir() + "/report";
+  const std::string common = " --model " + test::default_model_path() + " --threads 2";
+  const run_result r = run("bench" + common + " --corpus " + corpus + " --out " + out +
+                           " --ctx 256 --batch 32 --windows 1 --window 32 --shares 0.5 --baselines streaming,h2o "
+                           "--needle-cases 2 --matched-share 0.5");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("index.html"), std::string::npos) << r.out;
+  for (const char* f : {"report.json", "quality.csv", "needle.csv", "needle_cases.csv", "index.html", "quality_vs_kv.png",
+                        "needle.png"}) {
+    EXPECT_TRUE(fs::exists(out + "/" + f)) << f;
+  }
+  const auto report = nlohmann::json::parse(std::ifstream(out + "/report.json"));
+  const auto& rows = report["rows"];
+  ASSERT_EQ(rows.size(), 3u);
+  const std::string window_file = report["quality_windows"][0];
+
+  // The full cache: what `kvgate perplexity` gives for the same window and chunks.
+  const run_result full = run("perplexity" + common + " --file " + window_file + " --ctx 256 --batch 32 --max-windows 1");
+  ASSERT_EQ(full.status, 0) << full.err;
+  const double ppl_full = nlohmann::json::parse(full.out)["ppl"];
+  EXPECT_NEAR(rows[0]["quality"]["ppl"].get<double>(), ppl_full, 1e-4 * ppl_full);
+  EXPECT_EQ(rows[0]["quality"]["kl"], 0.0);
+
+  for (int i = 1; i < 3; ++i) {
+    const auto& q = rows[i]["quality"];
+    const std::string policy = rows[i]["policy"];
+    // Budget 128 - 4 - 32 = 92: sinks + window + budget slots of every head at the end.
+    EXPECT_EQ(rows[i]["value"], 92);
+    EXPECT_DOUBLE_EQ(q["kv_share_final"].get<double>(), 0.5) << policy;
+    EXPECT_GT(q["kl"].get<double>(), 0.0) << policy;
+    EXPECT_GT(q["attention_recall"].get<double>(), 0.5) << policy;
+    EXPECT_LT(q["attention_recall"].get<double>(), 1.0) << policy;
+    // Mask mode inside the bench, hard eviction in perplexity: the same logits.
+    const run_result p = run("perplexity" + common + " --file " + window_file +
+                             " --ctx 256 --batch 32 --max-windows 1 --window 32 --budget 92 --policy " + policy);
+    ASSERT_EQ(p.status, 0) << p.err;
+    const double ppl = nlohmann::json::parse(p.out)["ppl"];
+    EXPECT_NEAR(q["ppl"].get<double>(), ppl, 1e-4 * ppl) << policy;
+    EXPECT_NE(q["ppl"].get<double>(), rows[0]["quality"]["ppl"].get<double>()) << policy;
+    EXPECT_EQ(rows[i]["needle"]["n_cases"], 2) << policy;
+  }
+  EXPECT_EQ(rows[0]["needle"]["n_cases"], 2);
+}
+
+TEST(bench, bad_options_fail_with_a_message) {
+  const std::string common = " --model " + test::default_model_path() + " --threads 1 --out " + test::temp_dir() + "/x";
+  run_result r = run("bench" + common + " --baselines learned");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.err.find("--baselines"), std::string::npos) << r.err;
+  r = run("bench" + common + " --baselines nosuch");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.err.find("unknown policy"), std::string::npos) << r.err;
+  r = run("bench" + common + " --ctx 128 --window 128");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.err.find("no room"), std::string::npos) << r.err;
+  const std::string tiny_corpus = test::temp_dir() + "/short";
+  fs::create_directories(tiny_corpus);
+  std::ofstream(tiny_corpus + "/a.txt") << "Too short for a window.\n";
+  r = run("bench" + common + " --corpus " + tiny_corpus + " --ctx 512 --no-plots");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.err.find("held-out corpus has 0 files"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace kvgate
