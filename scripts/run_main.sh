@@ -45,10 +45,13 @@ echo "== bench: every policy against KV kept, $bench_windows windows of $bench_c
 $kvgate bench --gates "$out/gates.gguf" --out "$out/bench" --ctx "$bench_ctx" --windows "$bench_windows" \
   --needle-cases "$needle_cases" > "$out/bench_summary.txt"
 
-echo "== demonstration: a long document, a question about a detail far back, the learned policy" >&2
-$kvgate demo --gates "$out/gates.gguf" --doc /usr/share/doc/git-doc/git-bisect-lk2009.txt --max-doc-tokens 1800 \
-  --question "According to the text above, who created Git, and who maintains it?" -n 64 \
+echo "== demonstration: a long held-out document to summarize, with the learned policy (and the full cache)" >&2
+demo_doc=/usr/share/doc/git-doc/git-bisect-lk2009.txt
+demo_question="Summarize the text above in two sentences."
+$kvgate demo --gates "$out/gates.gguf" --doc "$demo_doc" --max-doc-tokens 1500 --question "$demo_question" -n 80 \
   --out "$out/demo" > "$out/demo_summary.txt"
+$kvgate demo --policy full --doc "$demo_doc" --max-doc-tokens 1500 --question "$demo_question" -n 80 \
+  --out "$out/demo_full" > "$out/demo_full_summary.txt"
 
 echo
 echo "== summary (main job done in $(( $(date +%s) - start )) s)"
@@ -58,5 +61,8 @@ echo
 echo "-- policies at a matched KV budget ($out/bench/index.html)"
 cat "$out/bench_summary.txt"
 echo
-echo "-- demonstration ($out/demo/demo.html)"
+echo "-- demonstration: \"$demo_question\" after $(basename "$demo_doc") ($out/demo/demo.html)"
+echo "learned policy:"
 cat "$out/demo_summary.txt"
+echo "full cache, for comparison:"
+cat "$out/demo_full_summary.txt"

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "cli/common.h"
+#include "cli/decode_loop.h"
 #include "cli/policy_options.h"
 #include "common/error.h"
 #include "model/model.h"
@@ -118,35 +119,20 @@ void register_chat(CLI::App& app) {
       }
       const double prefill_s = prefill_clock.seconds();
 
-      // Each sampled token is stepped before the next is sampled, except the last one of a reply
-      // cut by -n, which goes in with the end of turn. A token is only sampled when it and the end
-      // of turn still fit.
-      stopwatch decode_clock;
-      int n_reply = 0;
-      std::string stop = "length";
+      // Each reply token is stepped before the next is sampled, except a last one left pending
+      // (-n reached, or the context full), which goes in with the end of turn; the reserve keeps
+      // room for it and the end of turn.
+      const decode_result d = decode_loop(s, pick, logits, {.n_predict = o->n_predict, .reserve = 1 + static_cast<int>(n_end)},
+                                          [&](int32_t id) {
+                                            const std::string piece = vocab.token_bytes(id);
+                                            std::fwrite(piece.data(), 1, piece.size(), stdout);
+                                            std::fflush(stdout);
+                                          });
+      const int n_reply = static_cast<int>(d.ids.size());
+      const std::string& stop = d.stop;
+      const double decode_s = d.seconds;
       tail.clear();
-      for (int i = 0; i < o->n_predict; ++i) {
-        if (s.n_past() + 1 + n_end > s.n_ctx()) {
-          stop = "context";
-          break;
-        }
-        const int32_t id = pick.sample(logits);
-        if (vocab.is_end_of_generation(id)) {
-          stop = "eos";
-          break;
-        }
-        const std::string piece = vocab.token_bytes(id);
-        std::fwrite(piece.data(), 1, piece.size(), stdout);
-        std::fflush(stdout);
-        ++n_reply;
-        if (i + 1 == o->n_predict) {
-          tail.push_back(id);
-          break;
-        }
-        auto next = s.step(std::span<const int32_t>(&id, 1), logits_mode::last);
-        logits.assign(next.begin(), next.end());
-      }
-      const double decode_s = decode_clock.seconds();
+      if (d.last_pending) tail.push_back(d.ids.back());
       std::printf("\n");
       std::fflush(stdout);
       // Whatever end-of-generation token the model chose, the template closes with <|im_end|>\n.

@@ -9,6 +9,7 @@
 #include <filesystem>
 
 #include "cli/common.h"
+#include "cli/decode_loop.h"
 #include "cli/policy_options.h"
 #include "common/error.h"
 #include "common/files.h"
@@ -133,23 +134,10 @@ void register_demo(CLI::App& app) {
       auto last = s.prefill(tokens);
       logits.assign(last.begin(), last.end());
     }
-    std::vector<int32_t> answer_ids;
-    std::string stop = "length";
-    for (int i = 0; i < o->n_predict; ++i) {
-      const int32_t id = argmax(logits);
-      if (vocab.is_end_of_generation(id)) {
-        stop = "eos";
-        break;
-      }
-      answer_ids.push_back(id);
-      if (i + 1 == o->n_predict) break;
-      if (s.n_past() >= s.n_ctx()) {
-        stop = "context";
-        break;
-      }
-      auto next = s.step(std::span<const int32_t>(&id, 1), logits_mode::last);
-      logits.assign(next.begin(), next.end());
-    }
+    sampler greedy({.temperature = 0.0f});
+    const decode_result d = decode_loop(s, greedy, logits, {.n_predict = o->n_predict}, [](int32_t) {});
+    const std::vector<int32_t>& answer_ids = d.ids;
+    const std::string& stop = d.stop;
     // The answer may end inside a UTF-8 character (-n); JSON and HTML need valid text.
     const std::string answer = eval::sanitize_utf8(vocab.decode(answer_ids));
     const std::string question = eval::sanitize_utf8(o->question);

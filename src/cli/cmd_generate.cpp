@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
+#include "cli/decode_loop.h"
 #include "cli/policy_options.h"
 #include "common/error.h"
 #include "common/files.h"
@@ -78,28 +79,15 @@ void register_generate(CLI::App& app) {
 
     sampler pick(o->sampling);
     const double prefill_score_s = policy->stats().score_s;
-    stopwatch decode_clock;
-    int n_decoded = 0;
-    std::string stop = "length";
-    for (int i = 0; i < o->n_predict; ++i) {
-      const int32_t id = pick.sample(logits);
-      if (!o->ignore_eos && vocab.is_end_of_generation(id)) {
-        stop = "eos";
-        break;
-      }
-      const std::string piece = vocab.token_bytes(id);
-      std::fwrite(piece.data(), 1, piece.size(), stdout);
-      std::fflush(stdout);
-      ++n_decoded;
-      if (i + 1 == o->n_predict) break;
-      if (s.n_past() >= s.n_ctx()) {
-        stop = "context";
-        break;
-      }
-      auto next = s.step(std::span<const int32_t>(&id, 1), logits_mode::last);
-      logits.assign(next.begin(), next.end());
-    }
-    const double decode_s = decode_clock.seconds();
+    const decode_result d = decode_loop(s, pick, logits, {.n_predict = o->n_predict, .stop_at_eos = !o->ignore_eos},
+                                        [&](int32_t id) {
+                                          const std::string piece = vocab.token_bytes(id);
+                                          std::fwrite(piece.data(), 1, piece.size(), stdout);
+                                          std::fflush(stdout);
+                                        });
+    const double decode_s = d.seconds;
+    const int n_decoded = static_cast<int>(d.ids.size());
+    const std::string& stop = d.stop;
     const double decode_score_s = policy->stats().score_s - prefill_score_s;
     std::printf("\n");
 

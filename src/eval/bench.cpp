@@ -355,7 +355,7 @@ std::vector<quality_result> run_quality(const model& m, std::shared_ptr<const ga
         a.recall_sum[il] += s.recall()[il].sum / std::max<int64_t>(1, s.recall()[il].n);
         a.recall_n[il] += 1;
       }
-      progress(fmt::format("{} {} {}", config.curve, config.knob_name, config.knob), ++done, total_work);
+      progress(fmt::format("{} {} {:g}", config.curve, config.knob_name, config.knob), ++done, total_work);
     }
   }
 
@@ -428,7 +428,7 @@ needle_result run_needle(const model& m, std::shared_ptr<const gate_bank> gates,
     r.nll.push_back(nll);
     r.n_correct += correct;
     nll_sum += nll;
-    progress(fmt::format("needle {} {} {}", config.curve, config.knob_name, config.knob), i + 1, cases.size());
+    progress(fmt::format("needle {} {} {:g}", config.curve, config.knob_name, config.knob), i + 1, cases.size());
   }
   r.accuracy = r.n_cases ? static_cast<double>(r.n_correct) / r.n_cases : 0.0;
   std::tie(r.ci_low, r.ci_high) = wilson_interval(r.n_correct, r.n_cases);
