@@ -268,18 +268,20 @@ bool plot_needle(const bench_input& in, const std::string& dir) {
   int n = 0;
   for (const bench_row& r : in.rows) {
     if (!r.has_needle) continue;
-    dat += fmt::format("{} \"{}\\n{}\\nKV {:.2f}\" {:.6g} {:.6g} {:.6g} {:.6g}\n", n++, r.config.curve, knob_text(r.config),
+    const std::string knob = r.config.knob_name == "-" ? "" : " " + knob_text(r.config);
+    dat += fmt::format("{} \"{}{} (KV {:.2f})\" {:.6g} {:.6g} {:.6g} {:.6g}\n", n++, r.config.curve, knob,
                        r.needle.share_final, r.needle.accuracy, r.needle.ci_low, r.needle.ci_high, r.needle.answer_nll);
   }
   if (n == 0) return false;
   write_file_atomically(dir + "/needle.dat", dat);
-  std::string gp = terminal_line(std::max(900, 110 * n + 200), 480);
+  std::string gp = terminal_line(std::max(1000, 120 * n + 200), 560);
   gp += "set output '../needle.png'\n";
   gp += fmt::format("set multiplot layout 1,2 title \"Needle retrieval: {} cases of ~{} tokens, 3 keys each; "
                     "policies at ~{:.0f}% KV kept\" font ',12'\n",
                     in.cases.size(), in.options.needle_ctx > 0 ? in.options.needle_ctx : in.options.ctx,
                     100 * in.options.matched_share);
-  gp += "set grid y\nset style fill solid 0.6\nset boxwidth 0.6\nset xtics font ',8'\nunset key\n";
+  gp += "set grid y\nset style fill solid 0.6\nset boxwidth 0.6\nset xtics rotate by -35 font ',8'\nset bmargin 9\n"
+        "unset key\n";
   gp += "set title 'exact match of the greedy answer (bars: 95% Wilson interval)'\nset yrange [0:1.05]\n";
   gp += "plot 'needle.dat' using 1:3:xtic(2) with boxes lc rgb '#4c72b0', '' using 1:3:4:5 with yerrorbars lc rgb "
         "'black' pt 0\n";
