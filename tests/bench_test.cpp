@@ -93,19 +93,9 @@ std::string prose(uint64_t seed, int n_sentences) {
   return s;
 }
 
-struct run_result {
-  int status;
-  std::string out, err;
-};
+using run_result = test::kvgate_result;
 
-run_result run(const std::string& args) {
-  const std::string err_file = test::temp_dir() + "/stderr";
-  run_result r;
-  r.status = test::run_command(std::string(KVGATE_BINARY) + " " + args + " 2>" + err_file, &r.out);
-  std::ifstream in(err_file);
-  r.err.assign(std::istreambuf_iterator<char>(in), {});
-  return r;
-}
+run_result run(const std::string& args) { return test::run_kvgate(args); }
 
 TEST(bench, end_to_end_figures_agree_with_perplexity_and_the_budgets) {
   const std::string corpus = test::temp_dir() + "/corpus";

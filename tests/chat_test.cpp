@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <sstream>
 #include <nlohmann/json.hpp>
 
 #include "test_util.h"
@@ -20,15 +21,11 @@ struct result {
 
 // Runs kvgate with args and the given text on stdin.
 result run(const std::string& args, const std::string& input = "") {
-  const std::string dir = test::temp_dir();
-  std::ofstream(dir + "/stdin", std::ios::binary) << input;
-  result r;
-  r.status = test::run_command(std::string(KVGATE_BINARY) + " " + args + " <" + dir + "/stdin 2>" +
-                                   dir + "/stderr", &r.out);
-  std::ifstream in(dir + "/stderr");
+  const test::kvgate_result k = test::run_kvgate(args, input);
+  result r{k.status, k.out, k.err, {}};
+  std::istringstream lines(k.err);
   std::string line;
-  while (std::getline(in, line)) {
-    r.err += line + "\n";
+  while (std::getline(lines, line)) {
     if (line.rfind("kvgate: {", 0) == 0) r.turns.push_back(nlohmann::json::parse(line.substr(8)));
   }
   return r;

@@ -12,20 +12,9 @@
 namespace kvgate {
 namespace {
 
-struct result {
-  int status;
-  std::string out;  // stdout
-  std::string err;  // stderr
-};
+using result = test::kvgate_result;
 
-result run(const std::string& args) {
-  const std::string err_file = test::temp_dir() + "/stderr";
-  result r;
-  r.status = test::run_command(std::string(KVGATE_BINARY) + " " + args + " 2>" + err_file, &r.out);
-  std::ifstream in(err_file);
-  r.err.assign(std::istreambuf_iterator<char>(in), {});
-  return r;
-}
+result run(const std::string& args) { return test::run_kvgate(args); }
 
 std::string model_arg() { return "--model " + test::default_model_path() + " --threads 1"; }
 

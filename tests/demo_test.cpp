@@ -137,19 +137,9 @@ TEST(demo_page, refuses_counts_that_do_not_cover_the_tokens) {
 
 // ---- the subcommand on the real model ------------------------------------------------------
 
-struct result {
-  int status;
-  std::string out, err;
-};
+using result = test::kvgate_result;
 
-result run(const std::string& args) {
-  const std::string err_file = test::temp_dir() + "/stderr";
-  result r;
-  r.status = test::run_command(std::string(KVGATE_BINARY) + " " + args + " 2>" + err_file, &r.out);
-  std::ifstream in(err_file);
-  r.err.assign(std::istreambuf_iterator<char>(in), {});
-  return r;
-}
+result run(const std::string& args) { return test::run_kvgate(args); }
 
 std::string read_all(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <fstream>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -58,6 +59,16 @@ int run_command(const std::string& command, std::string* out) {
   }
   int status = pclose(pipe);
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+kvgate_result run_kvgate(const std::string& args, const std::string& input) {
+  const std::string dir = temp_dir();
+  std::ofstream(dir + "/stdin", std::ios::binary) << input;
+  kvgate_result r;
+  r.status = run_command(std::string(KVGATE_BINARY) + " " + args + " <" + dir + "/stdin 2>" + dir + "/stderr", &r.out);
+  std::ifstream in(dir + "/stderr", std::ios::binary);
+  r.err.assign(std::istreambuf_iterator<char>(in), {});
+  return r;
 }
 
 }  // namespace kvgate::test

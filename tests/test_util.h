@@ -20,4 +20,13 @@ std::string temp_dir();
 // Runs a shell command, returns its exit status and collects stdout (stderr to a file if wanted).
 int run_command(const std::string& command, std::string* out);
 
+struct kvgate_result {
+  int status = -1;
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+
+// Runs the kvgate executable with args and input as its whole stdin; captures stdout and stderr.
+kvgate_result run_kvgate(const std::string& args, const std::string& input = "");
+
 }  // namespace kvgate::test

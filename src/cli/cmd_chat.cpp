@@ -153,12 +153,7 @@ void register_chat(CLI::App& app) {
           {"kv_bytes", s.cache().bytes_total()},
       };
       // The policy's figures are over the conversation so far (all turns).
-      add_policy_json(summary, policy->config());
-      const policy_stats& ps = policy->stats();
-      summary["kv_share_mean"] = ps.kv_share_mean();
-      summary["kv_share_peak"] = ps.kv_share_peak();
-      summary["kv_bytes_peak"] = ps.bytes_peak;
-      summary["gate_ms"] = ps.score_s * 1e3;
+      add_policy_stats_json(summary, *policy);
       std::fprintf(stderr, "kvgate: %s\n", summary.dump().c_str());
     }
     if (turn == 0) std::fprintf(stderr, "kvgate: no user turns on stdin\n");

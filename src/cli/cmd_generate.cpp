@@ -106,12 +106,7 @@ void register_generate(CLI::App& app) {
     };
     // KV kept: slots held / slots a full cache would hold, over all heads; gate_ms is the time
     // spent scoring (the gate bank for --policy learned), gate_share its part of decode time.
-    add_policy_json(summary, policy->config());
-    const policy_stats& ps = policy->stats();
-    summary["kv_share_mean"] = ps.kv_share_mean();
-    summary["kv_share_peak"] = ps.kv_share_peak();
-    summary["kv_bytes_peak"] = ps.bytes_peak;
-    summary["gate_ms"] = ps.score_s * 1e3;
+    add_policy_stats_json(summary, *policy);
     summary["gate_share"] = decode_s > 0 ? decode_score_s / decode_s : 0.0;
     std::fprintf(stderr, "kvgate: %s\n", summary.dump().c_str());
   });

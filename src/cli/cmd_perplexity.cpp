@@ -94,12 +94,7 @@ void register_perplexity(CLI::App& app) {
         {"file_tokens", ids.size()},
         {"tok_s", n_windows * o->n_ctx / clock.seconds()},
     };
-    add_policy_json(j, policy->config());
-    const policy_stats& ps = policy->stats();
-    j["kv_share_mean"] = ps.kv_share_mean();
-    j["kv_share_peak"] = ps.kv_share_peak();
-    j["kv_bytes_peak"] = ps.bytes_peak;
-    j["gate_ms"] = ps.score_s * 1e3;
+    add_policy_stats_json(j, *policy);
     std::printf("%s\n", j.dump().c_str());
   });
 }

@@ -57,4 +57,13 @@ void add_policy_json(nlohmann::ordered_json& j, const policy_config& config) {
   }
 }
 
+void add_policy_stats_json(nlohmann::ordered_json& j, const policy_runner& runner) {
+  add_policy_json(j, runner.config());
+  const policy_stats& ps = runner.stats();
+  j["kv_share_mean"] = ps.kv_share_mean();
+  j["kv_share_peak"] = ps.kv_share_peak();
+  j["kv_bytes_peak"] = ps.bytes_peak;
+  j["gate_ms"] = ps.score_s * 1e3;
+}
+
 }  // namespace kvgate::cli

@@ -42,4 +42,9 @@ std::unique_ptr<policy_runner> make_policy_runner(const policy_flags& flags, con
 // to a summary line.
 void add_policy_json(nlohmann::ordered_json& out, const policy_config& config);
 
+// add_policy_json plus what the runner measured: "kv_share_mean", "kv_share_peak" (kept slots
+// over the slots a full cache would hold, over all heads), "kv_bytes_peak" and "gate_ms" (time
+// spent scoring: the gate bank for --policy learned).
+void add_policy_stats_json(nlohmann::ordered_json& out, const policy_runner& runner);
+
 }  // namespace kvgate::cli
