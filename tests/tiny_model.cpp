@@ -77,7 +77,7 @@ void write_tiny_model(const std::string& path, const tiny_spec& s) {
   tiny_writer w(s.seed);
   const std::string p = s.arch + ".";
   w.out.set("general.architecture", value::of_string(s.arch));
-  w.out.set("general.name", value::of_string("tiny-" + s.arch));
+  w.out.set("general.name", value::of_string(s.name.empty() ? "tiny-" + s.arch : s.name));
   w.out.set(p + "block_count", value::of_u32(s.n_layer));
   w.out.set(p + "context_length", value::of_u32(s.n_ctx));
   w.out.set(p + "embedding_length", value::of_u32(s.n_embd));

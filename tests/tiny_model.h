@@ -22,6 +22,7 @@ struct tiny_spec {
   bool tied = true;
   bool quantized = true;  // some matrices in Q8_0 / Q4_1 instead of F32
   uint64_t seed = 1;
+  std::string name;       // general.name; empty: "tiny-<arch>"
 };
 
 // Vocabulary: the 256 byte tokens of byte-level BPE, "th", <|im_start|>, <|im_end|>.

@@ -211,7 +211,7 @@ bool plot_quality(const bench_input& in, const std::string& dir) {
   if (curves.size() < 2) return false;
   std::string dat;
   for (const auto& [name, rows] : curves) {
-    dat += "# " + name + "\n";
+    dat += "# " + gnuplot_data_label(name) + "\n";
     for (const bench_row* r : rows) {
       dat += fmt::format("{:.6g} {:.6g} {:.6g} {:.6g} {:.6g}\n", r->quality.share_final,
                          ppl_increase_pct(in, r->quality), r->quality.kl, r->quality.recall, r->quality.top1_agree);
@@ -221,10 +221,11 @@ bool plot_quality(const bench_input& in, const std::string& dir) {
   write_file_atomically(dir + "/quality.dat", dat);
   std::string gp = terminal_line(1500, 520);
   gp += "set output '../quality_vs_kv.png'\n";
-  gp += fmt::format(
-      "set multiplot layout 1,3 title \"{}: quality against KV kept ({} windows x {} tokens, held-out corpus); "
-      "dashed line = {:.0f}% kept\" font ',12'\n",
-      in.model_name, in.windows.size(), in.options.ctx, 100 * in.options.matched_share);
+  gp += fmt::format("set multiplot layout 1,3 title {} font ',12'\n",
+                    gnuplot_quote(fmt::format("{}: quality against KV kept ({} windows x {} tokens, held-out corpus); "
+                                              "dashed line = {:.0f}% kept",
+                                              in.model_name, in.windows.size(), in.options.ctx,
+                                              100 * in.options.matched_share)));
   gp += "set grid\nset key top right font ',8'\nset xlabel 'KV kept (share of head x token slots, after the last step)'\n";
   gp += fmt::format("set arrow 1 from {0},graph 0 to {0},graph 1 nohead dt 2 lc rgb '#888888'\n",
                     in.options.matched_share);
@@ -243,16 +244,16 @@ bool plot_quality(const bench_input& in, const std::string& dir) {
     for (const auto& [name, rows] : curves)
       for (const bench_row* r : rows)
         if (name != "full" && (column == 2 ? ppl_increase_pct(in, r->quality) : r->quality.kl) <= 0) positive = false;
-    gp += fmt::format("set title '{}'\nset ylabel '{}'\n", title, title);
+    gp += fmt::format("set title {0}\nset ylabel {0}\n", gnuplot_quote(title));
     gp += column == 4 ? "set key bottom right\n" : (positive ? "set logscale y\nset key top right\n" : "set key top right\n");
     gp += "plot ";
     bool first = true;
     for (size_t i = 0; i < curves.size(); ++i) {
       if (curves[i].first == "full") continue;
       const bool learned = curves[i].first.rfind("learned", 0) == 0;
-      gp += fmt::format("{}'quality.dat' index {} using 1:{} with linespoints lw {} pt 7 ps 0.8 lc rgb '{}' title '{}'",
+      gp += fmt::format("{}'quality.dat' index {} using 1:{} with linespoints lw {} pt 7 ps 0.8 lc rgb '{}' title {}",
                         first ? "" : ", ", i, column, learned ? 2.5 : 1.2, k_colours[i % std::size(k_colours)],
-                        curves[i].first);
+                        gnuplot_quote(curves[i].first));
       first = false;
     }
     gp += "\nunset logscale y\n";
@@ -269,17 +270,19 @@ bool plot_needle(const bench_input& in, const std::string& dir) {
   for (const bench_row& r : in.rows) {
     if (!r.has_needle) continue;
     const std::string knob = r.config.knob_name == "-" ? "" : " " + knob_text(r.config);
-    dat += fmt::format("{} \"{}{} (KV {:.2f})\" {:.6g} {:.6g} {:.6g} {:.6g}\n", n++, r.config.curve, knob,
-                       r.needle.share_final, r.needle.accuracy, r.needle.ci_low, r.needle.ci_high, r.needle.answer_nll);
+    dat += fmt::format("{} {} {:.6g} {:.6g} {:.6g} {:.6g}\n", n++,
+                       gnuplot_data_label(fmt::format("{}{} (KV {:.2f})", r.config.curve, knob, r.needle.share_final)), r.needle.accuracy, r.needle.ci_low, r.needle.ci_high, r.needle.answer_nll);
   }
   if (n == 0) return false;
   write_file_atomically(dir + "/needle.dat", dat);
   std::string gp = terminal_line(std::max(1000, 120 * n + 200), 560);
   gp += "set output '../needle.png'\n";
-  gp += fmt::format("set multiplot layout 1,2 title \"Needle retrieval: {} cases of ~{} tokens, 3 keys each; "
-                    "policies at ~{:.0f}% KV kept\" font ',12'\n",
-                    in.cases.size(), in.options.needle_ctx > 0 ? in.options.needle_ctx : in.options.ctx,
-                    100 * in.options.matched_share);
+  gp += fmt::format("set multiplot layout 1,2 title {} font ',12'\n",
+                    gnuplot_quote(fmt::format("Needle retrieval: {} cases of ~{} tokens, 3 keys each; policies at "
+                                              "~{:.0f}% KV kept",
+                                              in.cases.size(),
+                                              in.options.needle_ctx > 0 ? in.options.needle_ctx : in.options.ctx,
+                                              100 * in.options.matched_share)));
   gp += "set grid y\nset style fill solid 0.6\nset boxwidth 0.6\nset xtics rotate by -35 font ',8'\nset bmargin 9\n"
         "unset key\n";
   gp += "set title 'exact match of the greedy answer (bars: 95% Wilson interval)'\nset yrange [0:1.05]\n";

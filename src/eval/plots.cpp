@@ -21,6 +21,30 @@ std::string shell_quote(const std::string& s) {
   return out + "'";
 }
 
+std::string gnuplot_quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) {
+    const auto u = static_cast<unsigned char>(c);
+    if (c == '\'') {
+      out += "''";
+    } else if (c == '\n') {
+      out += "'.\"\\n\".'";
+    } else if (u >= 0x20 && u != 0x7f) {
+      out += c;
+    }
+  }
+  return out + "'";
+}
+
+std::string gnuplot_data_label(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    const auto u = static_cast<unsigned char>(c);
+    if (c != '"' && u >= 0x20 && u != 0x7f) out += c;
+  }
+  return out + "\"";
+}
+
 std::ofstream open_out(const std::string& path) {
   std::ofstream out(path);
   if (!out) fail("cannot write {}", path);
@@ -97,7 +121,7 @@ grid grid_for(int n_panels) {
 }
 
 std::string multiplot_line(grid g, const std::string& title) {
-  return fmt::format("set multiplot layout {},{} title \"{}\" font ',13'\n", g.rows, g.cols, title);
+  return fmt::format("set multiplot layout {},{} title {} font ',13'\n", g.rows, g.cols, gnuplot_quote(title));
 }
 
 // 1234567 -> "1.23M": counts weighted to the natural ratio are not integers.
@@ -152,7 +176,7 @@ void plot_roc(const eval_report& r, const eval_input& in, const std::string& dir
   std::string gp = terminal_line(std::max(900, g.cols * 300), g.rows * 270 + 60);
   gp += "set output '../roc.png'\n";
   gp += multiplot_line(g, fmt::format("ROC by layer of {}: one colour per head (AUC in key), key-norm baseline grey "
-                                      "dashed\\nx = false positive rate, y = true positive rate",
+                                      "dashed\nx = false positive rate, y = true positive rate",
                                       gate_title(in)));
   gp += "set xrange [0:1]\nset yrange [0:1]\nset xtics 0.5 font ',8'\nset ytics 0.5 font ',8'\nset size square\n"
         "set key bottom right opaque font ',8' samplen 1.5 spacing 0.9\nset grid lc rgb '#e0e0e0'\n";
@@ -185,8 +209,8 @@ void plot_calibration(const eval_report& r, const eval_input& in, const std::str
   const grid g = grid_for(static_cast<int>(layers.size()));
   // Reliability curves can run through any corner, so the key sits outside each panel.
   std::string gp = terminal_line(std::max(900, g.cols * 370), g.rows * 270 + 60);
-  gp += fmt::format("set output '../{}.png'\n", name);
-  gp += multiplot_line(g, fmt::format("Calibration of {} on the {} class ratio (ECE in key)\\nx = mean predicted "
+  gp += fmt::format("set output {}\n", gnuplot_quote("../" + name + ".png"));
+  gp += multiplot_line(g, fmt::format("Calibration of {} on the {} class ratio (ECE in key)\nx = mean predicted "
                                       "probability, y = observed positive rate per bin; diagonal = perfect",
                                       gate_title(in), natural ? "NATURAL" : "BALANCED"));
   gp += "set xrange [0:1]\nset yrange [0:1]\nset xtics 0.5 font ',8'\nset ytics 0.5 font ',8'\nset size square\n"
@@ -196,7 +220,7 @@ void plot_calibration(const eval_report& r, const eval_input& in, const std::str
     for (int i : idx) {
       const head_report& h = r.heads[i];
       const double ece = natural ? h.gates[0].cal_natural.ece : h.gates[0].cal_balanced.ece;
-      gp += fmt::format("'{}.dat' index {} w lp pt 7 ps 0.5 lw 1.4 lc rgb '{}' title 'h{} {:.3f}', ", name, i,
+      gp += fmt::format("{} index {} w lp pt 7 ps 0.5 lw 1.4 lc rgb '{}' title 'h{} {:.3f}', ", gnuplot_quote(name + ".dat"), i,
                         head_colour(h.head), h.head, ece);
     }
     gp += "x w l lc rgb '#808080' dt 3 notitle\n";
@@ -227,7 +251,7 @@ void plot_loss(const std::vector<loss_row>& rows, const std::string& dir) {
   const grid g = grid_for(static_cast<int>(layers.size()));
   std::string gp = terminal_line(std::max(900, g.cols * 300), g.rows * 240 + 60);
   gp += "set output '../loss.png'\n";
-  gp += multiplot_line(g, "Training loss (solid) and validation loss (dashed) per epoch\\none panel per layer, "
+  gp += multiplot_line(g, "Training loss (solid) and validation loss (dashed) per epoch\none panel per layer, "
                           "one colour per head");
   gp += "set xtics font ',8'\nset ytics font ',8'\nset key top right font ',8' samplen 1.5 spacing 0.9\n"
         "set grid lc rgb '#e0e0e0'\nset format y '%.2g'\n";
@@ -249,9 +273,10 @@ void plot_confusion(const eval_report& r, const eval_input& in, const std::strin
   const int n_thr = static_cast<int>(r.thresholds.size());
   std::string gp = terminal_line(std::max(900, n_thr * 430), 490);
   gp += "set output '../confusion.png'\n";
-  gp += fmt::format("set multiplot layout 1,{} title \"Confusion matrices of {}, summed over all heads\\non the "
-                    "natural class ratio (colour = share of the actual class)\" font ',12'\n",
-                    n_thr, gate_title(in));
+  gp += fmt::format("set multiplot layout 1,{} title {} font ',12'\n", n_thr,
+                    gnuplot_quote(fmt::format("Confusion matrices of {}, summed over all heads\non the natural class "
+                                              "ratio (colour = share of the actual class)",
+                                              gate_title(in))));
   gp += "set palette defined (0 '#ffffff', 1 '#3a78b5')\nset cbrange [0:1]\nunset colorbox\nset size square\n"
         "set xrange [-0.5:1.5]\nset yrange [-0.5:1.5]\nset xtics ('predicted neg' 0, 'predicted pos' 1) font ',10'\n"
         "set ytics ('actual neg' 0, 'actual pos' 1) rotate by 90 center font ',10'\nunset key\n";
@@ -275,10 +300,11 @@ void plot_confusion(const eval_report& r, const eval_input& in, const std::strin
                       c.threshold, c.precision(), c.recall(), 100 * c.positive_share());
     gp += "unset label\n";
     for (const cell& k : cells) {
-      gp += fmt::format("set label \"{}\\n{}\\n{:.1f}%\" at {},{} center front font ',12' tc rgb '{}'\n", k.name,
-                        human(k.count), 100 * k.share, k.x, k.y, k.share > 0.6 ? "#ffffff" : "#000000");
+      gp += fmt::format("set label {} at {},{} center front font ',12' tc rgb '{}'\n",
+                        gnuplot_quote(fmt::format("{}\n{}\n{:.1f}%", k.name, human(k.count), 100 * k.share)), k.x, k.y,
+                        k.share > 0.6 ? "#ffffff" : "#000000");
     }
-    gp += fmt::format("plot '{}' u 1:2:3 w image\n", data);
+    gp += fmt::format("plot {} u 1:2:3 w image\n", gnuplot_quote(data));
   }
   gp += "unset multiplot\n";
   open_out(dir + "/confusion.gp") << gp;
@@ -311,9 +337,10 @@ void plot_auc_heatmap(const eval_report& r, const eval_input& in, const std::str
   const int panel_w = std::max(420, 150 + 55 * n_h), height = 130 + 22 * n_l;
   std::string gp = terminal_line(2 * panel_w + 60, height + 20);
   gp += "set output '../auc_heatmap.png'\n";
-  gp += fmt::format("set multiplot layout 1,2 title \"{}: AUC per head (left)\\nand its margin over key-norm AUC "
-                    "(right; blue = gate better)\" font ',12'\n",
-                    gate_title(in));
+  gp += fmt::format("set multiplot layout 1,2 title {} font ',12'\n",
+                    gnuplot_quote(fmt::format("{}: AUC per head (left)\nand its margin over key-norm AUC (right; blue "
+                                              "= gate better)",
+                                              gate_title(in))));
   gp += fmt::format("set xrange [-0.5:{}]\nset yrange [-0.5:{}]\nset xtics 1 font ',8'\nset ytics 1 font ',8'\n"
                     "set xlabel 'kv head'\nset ylabel 'layer'\nunset key\nset tics out\n",
                     n_h - 0.5, n_l - 0.5);
