@@ -233,6 +233,34 @@ TEST(gate_bank, load_refuses_bad_files) {
               load_error(dir + "/no_key.gguf").c_str(), load_error(dir + "/bad_shape.gguf").c_str());
 }
 
+// A few hundred bytes whose metadata asks for 4096 x 4096 heads of d_head 65536 and 65536 outputs
+// (petabytes of parameters): refused from the tensor shapes before the bank allocates anything.
+TEST(gate_bank, load_checks_tensor_shapes_before_allocating) {
+  const std::string dir = test::temp_dir();
+  gate_bank bank(small_meta(1, 1, 8, "lifetime"), 2);
+  bank.save(dir + "/small.gguf");
+  const auto f = gguf::file::open(dir + "/small.gguf");
+  gguf::writer w;
+  for (const auto& [key, v] : f->metadata()) w.set(key, v);
+  w.set("kvgate.n_layer", gguf::value::of_u32(4096));
+  w.set("kvgate.n_kv_head", gguf::value::of_u32(4096));
+  w.set("kvgate.d_head", gguf::value::of_u32(65536));
+  w.set("kvgate.n_out", gguf::value::of_u32(65536));
+  for (const gguf::tensor_info& t : f->tensors()) w.add_tensor(t.name, t.ne, t.type, {t.data, t.n_bytes});
+  w.write(dir + "/huge.gguf");
+  const std::string msg = load_error(dir + "/huge.gguf");
+  EXPECT_NE(msg.find("tensor 'gate.w1' has shape"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("16777216 heads"), std::string::npos) << msg;
+
+  // Metadata past the stated caps is named.
+  gguf::writer w2;
+  for (const auto& [key, v] : f->metadata()) w2.set(key, v);
+  w2.set("kvgate.n_layer", gguf::value::of_u64(uint64_t(1) << 40));
+  w2.write(dir + "/layers.gguf");
+  EXPECT_NE(load_error(dir + "/layers.gguf").find("'kvgate.n_layer' = 1099511627776 is outside"), std::string::npos)
+      << load_error(dir + "/layers.gguf");
+}
+
 TEST(gate_bank, check_matches_refuses_another_model) {
   gate_meta m = small_meta(30, 3, 64);
   m.model_name = "SmolLM2 135M Instruct";

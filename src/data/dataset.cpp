@@ -3,9 +3,14 @@
 
 #include "common/files.h"
 
+#include <algorithm>
 #include <bit>
+#include <climits>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <limits>
+#include <type_traits>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -33,10 +38,8 @@ struct fnv1a {
   }
 };
 
-// Bytes of one head's payload for n examples.
-int64_t payload_bytes(uint64_t n, int d_head) {
-  return static_cast<int64_t>(n) * (2 * d_head + 1 + 1 + 4 + 4);
-}
+// Bytes of one example: key (f16) [d_head], label, bucket, position (i32), document (i32).
+int64_t example_bytes(int d_head) { return 2 * int64_t(d_head) + 1 + 1 + 4 + 4; }
 
 // Appends raw bytes to out and to the checksum.
 class shard_writer {
@@ -93,10 +96,16 @@ shard_header parse_header(const std::string& path, const char* bytes, size_t siz
   if (size < header_bytes) fail("damaged shard {}: truncated header", path);
   h.n.resize(n_heads);
   std::memcpy(h.n.data(), bytes + k_header_fixed, 8 * n_heads);
+  // Each count is bounded by the file's size before it is multiplied, and the running total stops
+  // at the file's size, so no product or sum can overflow (counts are hostile until checked).
   int64_t total = static_cast<int64_t>(header_bytes) + 8;
+  const uint64_t max_examples = static_cast<uint64_t>(std::max<int64_t>(file_size, 0)) / example_bytes(h.d_head);
   for (uint64_t n : h.n) {
-    if (n > (1ull << 40)) fail("damaged shard {}: implausible example count {}", path, n);
-    total += payload_bytes(n, h.d_head);
+    if (n > max_examples) {
+      fail("damaged shard {}: example count {} does not fit in its {} bytes", path, n, file_size);
+    }
+    total += static_cast<int64_t>(n) * example_bytes(h.d_head);
+    if (total > file_size) break;
   }
   h.file_bytes = total;
   if (file_size != total) fail("damaged shard {}: {} bytes, its header implies {}", path, file_size, total);
@@ -114,11 +123,31 @@ void take(const char*& p, std::vector<T>& out, size_t n) {
 template <typename T>
 T field(const json& j, const char* key, const std::string& where) {
   if (!j.contains(key)) fail("{}: manifest field '{}' is missing", where, key);
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+    // nlohmann converts 1e12 or 2.5 to int silently; an integer field must hold an integer of T's range.
+    const json& v = j.at(key);
+    const bool fits = v.is_number_unsigned()  ? v.get<uint64_t>() <= uint64_t(std::numeric_limits<T>::max())
+                      : v.is_number_integer() ? v.get<int64_t>() >= int64_t(std::numeric_limits<T>::min()) &&
+                                                    (std::is_unsigned_v<T> || v.get<int64_t>() <= int64_t(std::numeric_limits<T>::max()))
+                                              : false;
+    if (!fits) fail("{}: manifest field '{}' must be an integer that fits {} bytes", where, key, sizeof(T));
+  }
   try {
     return j.at(key).get<T>();
   } catch (const json::exception& e) {
     fail("{}: manifest field '{}' has the wrong type ({})", where, key, e.what());
   }
+}
+
+// An integer field inside [lo, hi]: JSON numbers are read as int64 first, so 1e12 or 2^32 + 1 is
+// refused, not truncated to an int.
+int bounded_int(const json& j, const char* key, int64_t lo, int64_t hi, const std::string& where) {
+  if (!j.contains(key)) fail("{}: manifest field '{}' is missing", where, key);
+  const json& v = j.at(key);
+  if (!v.is_number_integer()) fail("{}: manifest field '{}' must be an integer", where, key);
+  const int64_t x = v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX) ? INT64_MAX : v.get<int64_t>();
+  if (x < lo || x > hi) fail("{}: manifest field '{}' = {} is outside [{}, {}]", where, key, x, lo, hi);
+  return static_cast<int>(x);
 }
 
 template <typename T>
@@ -193,9 +222,9 @@ dataset_manifest dataset_manifest::from_json(const json& j, const std::string& w
   }
   m.model_name = field<std::string>(j, "model_name", where);
   m.model_arch = field<std::string>(j, "model_arch", where);
-  m.n_layer = field<int>(j, "n_layer", where);
-  m.n_kv_head = field<int>(j, "n_kv_head", where);
-  m.d_head = field<int>(j, "d_head", where);
+  m.n_layer = bounded_int(j, "n_layer", 1, 4096, where);
+  m.n_kv_head = bounded_int(j, "n_kv_head", 1, 4096, where);
+  m.d_head = bounded_int(j, "d_head", 1, 1 << 16, where);
   const json label = field<json>(j, "label", where);
   m.label.sinks = field<int>(label, "sinks", where);
   m.label.window = field<int>(label, "window", where);
@@ -207,6 +236,7 @@ dataset_manifest dataset_manifest::from_json(const json& j, const std::string& w
   m.corpus_files = field<std::vector<std::string>>(j, "corpus_files", where);
   m.n_docs = field<int64_t>(j, "n_docs", where);
   m.n_tokens = field<int64_t>(j, "n_tokens", where);
+  if (m.n_docs < 0 || m.n_tokens < 0) fail("{}: manifest fields 'n_docs' and 'n_tokens' must be >= 0", where);
   m.n_pos = field<std::vector<int64_t>>(j, "n_pos", where);
   m.n_neg = field<std::vector<int64_t>>(j, "n_neg", where);
   m.shards = field<std::vector<std::string>>(j, "shards", where);
@@ -220,13 +250,18 @@ dataset_manifest dataset_manifest::from_json(const json& j, const std::string& w
   m.seed = optional_field<uint64_t>(j, "seed", 0, where);
   m.shard_docs = optional_field<int>(j, "shard_docs", 0, where);
   m.n_stored = optional_field<std::vector<int64_t>>(j, "n_stored", {}, where);
-  for (const json& d : optional_field<json>(j, "docs", json::array(), where)) {
-    if (!d.is_array() || d.size() != 3) fail("{}: manifest 'docs' entries must be [file, offset, n_tokens]", where);
+  const json docs = optional_field<json>(j, "docs", json::array(), where);
+  if (!docs.is_array()) fail("{}: manifest field 'docs' must be an array", where);
+  for (const json& d : docs) {
+    if (!d.is_array() || d.size() != 3 || !d[0].is_number_integer() || !d[1].is_number_integer() ||
+        !d[2].is_number_integer() || d[0].get<int64_t>() < 0 || d[0].get<int64_t>() > INT32_MAX ||
+        d[2].get<int64_t>() < 0 || d[2].get<int64_t>() > INT32_MAX) {
+      fail("{}: manifest 'docs' entries must be [file, offset, n_tokens] (non-negative integers)", where);
+    }
     m.docs.push_back({d[0].get<int>(), d[1].get<int64_t>(), d[2].get<int>()});
   }
 
-  const size_t n_heads = static_cast<size_t>(m.n_heads());
-  if (m.n_layer < 1 || m.n_kv_head < 1 || m.d_head < 1) fail("{}: manifest dims must be positive", where);
+  const size_t n_heads = static_cast<size_t>(m.n_heads());  // <= 4096 x 4096, checked above
   if (m.n_pos.size() != n_heads || m.n_neg.size() != n_heads || (!m.n_stored.empty() && m.n_stored.size() != n_heads)) {
     fail("{}: per-head counts do not have n_layer x n_kv_head = {} entries", where, n_heads);
   }

@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include "common/error.h"
+#include "common/parallel.h"
 #include "eval/plots.h"
 
 namespace kvgate::eval {
@@ -310,8 +311,10 @@ eval_report compute_report(const eval_input& in, const report_options& opt) {
   // Inputs were validated above, so nothing in the loop throws except out of memory.
   r.heads.resize(in.heads.size());
   const int n = static_cast<int>(in.heads.size());
+  parallel_trap trap;  // out of memory inside the region: an error after it, not std::terminate
 #pragma omp parallel for schedule(dynamic, 1)
-  for (int i = 0; i < n; ++i) r.heads[i] = compute_head(in.heads[i], in.negative_keep, r.thresholds, opt);
+  for (int i = 0; i < n; ++i) trap.run([&] { r.heads[i] = compute_head(in.heads[i], in.negative_keep, r.thresholds, opt); });
+  trap.rethrow();
 
   r.json = build_json(r, in);
   return r;

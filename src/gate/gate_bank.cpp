@@ -211,9 +211,15 @@ gate_bank gate_bank::load(const std::string& path) {
     fail("{}: binary objective with {} outputs, expected 1", path, n_out);
   }
 
-  gate_bank bank(std::move(m), n_out);
-  const int64_t H = bank.n_heads(), I = bank.d_head(), F = k_gate_hidden, O = n_out;
-  auto read = [&](const char* name, std::vector<int64_t> ne, float* dst) {
+  // Every tensor's type and shape is checked against the metadata before the bank allocates: the
+  // tensors lie inside the file (gguf::file::open checked that), so a small file cannot make the
+  // bank allocate more than the file holds.
+  const int64_t H = int64_t(m.n_layer) * m.n_kv_head, I = m.d_head, F = k_gate_hidden, O = n_out;
+  const std::pair<const char*, std::vector<int64_t>> shapes[] = {
+      {"gate.w1", {F, I, H}}, {"gate.b1", {F, H}}, {"gate.w2", {F, F, H}},
+      {"gate.b2", {F, H}},    {"gate.w3", {O, F, H}}, {"gate.b3", {O, H}}};
+  std::vector<const gguf::tensor_info*> tensors;
+  for (const auto& [name, ne] : shapes) {
     const gguf::tensor_info* t = f->find_tensor(name);
     if (!t) fail("{}: gate file lacks tensor '{}'", path, name);
     if (t->type != gguf::tensor_type::f32) {
@@ -223,14 +229,11 @@ gate_bank gate_bank::load(const std::string& path) {
       fail("{}: tensor '{}' has shape {} but the metadata ({} heads, d_head {}, {} outputs) "
            "implies {}", path, name, fmt_ne(t->ne), H, I, O, fmt_ne(ne));
     }
-    std::memcpy(dst, t->data, t->n_bytes);
-  };
-  read("gate.w1", {F, I, H}, bank.w1());
-  read("gate.b1", {F, H}, bank.b1());
-  read("gate.w2", {F, F, H}, bank.w2());
-  read("gate.b2", {F, H}, bank.b2());
-  read("gate.w3", {O, F, H}, bank.w3());
-  read("gate.b3", {O, H}, bank.b3());
+    tensors.push_back(t);
+  }
+  gate_bank bank(std::move(m), n_out);
+  float* const dst[] = {bank.w1(), bank.b1(), bank.w2(), bank.b2(), bank.w3(), bank.b3()};
+  for (size_t i = 0; i < tensors.size(); ++i) std::memcpy(dst[i], tensors[i]->data, tensors[i]->n_bytes);
   return bank;
 }
 

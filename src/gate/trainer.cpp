@@ -11,6 +11,7 @@
 #include <numeric>
 
 #include "common/error.h"
+#include "common/parallel.h"
 #include "gguf/gguf.h"
 
 #if defined(__F16C__)
@@ -390,8 +391,10 @@ gate_train_result train_gates(gate_bank& bank, std::span<const gate_examples> tr
     for (int64_t i = 0; val[h].label && i < hr.n_val; ++i) hr.n_val_pos += val[h].label[val[h].row(i)];
     n_train_total += hr.n_train;
   }
+  parallel_trap trap;  // out of memory inside a region: an error after it, not std::terminate
 #pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads)
-  for (int h = 0; h < H; ++h) key_stats(train[h], I, heads[h]);
+  for (int h = 0; h < H; ++h) trap.run([&] { key_stats(train[h], I, heads[h]); });
+  trap.rethrow();
 
   const int64_t steps_per_epoch =
       o.steps_per_epoch > 0 ? o.steps_per_epoch : std::max<int64_t>(1, (n_train_total / H + B - 1) / B);
@@ -480,11 +483,12 @@ gate_train_result train_gates(gate_bank& bank, std::span<const gate_examples> tr
     rep.val_auc.resize(H);
     for (int h = 0; h < H; ++h) rep.train_loss[h] = static_cast<float>(loss_sum[h] / steps_per_epoch);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads)
-    for (int h = 0; h < H; ++h) {
+    for (int h = 0; h < H; ++h) trap.run([&] {
       const head_eval ev = evaluate_head(p, dims, h, heads[h], lifetime);
       rep.val_loss[h] = ev.loss;
       rep.val_auc[h] = ev.auc;
-    }
+    });
+    trap.rethrow();
     for (int h = 0; h < H; ++h) {
       head_state& s = heads[h];
       if (std::isnan(rep.val_loss[h])) {  // no validation data: keep the latest, never block the stop
@@ -518,7 +522,7 @@ gate_train_result train_gates(gate_bank& bank, std::span<const gate_examples> tr
   // Each head's best parameters, its final metrics, then the standardization folded in.
   std::copy(best.begin(), best.end(), params.begin());  // in place: the views p stay valid
 #pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads)
-  for (int h = 0; h < H; ++h) {
+  for (int h = 0; h < H; ++h) trap.run([&] {
     head_eval ev = evaluate_head(p, dims, h, heads[h], lifetime);
     if (!lifetime && o.calibrate && !ev.logits.empty()) {
       const auto [a, b] = fit_platt(ev.logits, ev.labels);
@@ -534,7 +538,8 @@ gate_train_result train_gates(gate_bank& bank, std::span<const gate_examples> tr
     hr.val_loss = ev.loss;
     hr.val_auc = ev.auc;
     hr.val_accuracy = ev.accuracy;
-  }
+  });
+  trap.rethrow();
   fold_standardization(p, dims, heads);
   result.seconds = now_s() - t_start;
   result.examples_per_s = double(t) * H * B / train_seconds;

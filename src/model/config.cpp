@@ -7,6 +7,9 @@ namespace kvgate {
 
 namespace {
 
+// Largest vocabulary accepted (token ids are int32 everywhere; real models have < 300k tokens).
+constexpr int64_t k_max_vocab = int64_t(1) << 24;
+
 // The whole difference between the families, in one place (FACTS.md, "Architectures").
 const std::array<std::pair<const char*, arch_traits>, 3> k_archs = {{
     {"llama", {rope_style::normal, false, false}},
@@ -66,6 +69,7 @@ model_config model_config::from_gguf(const gguf::file& file) {
       get_int(file, p + "attention.value_length", 1, 4096) != c.d_head) {
     fail("{}: key and value head widths differ; not supported", file.path());
   }
+  if (c.d_head < 2) fail("{}: head width {} (embedding_length / head_count) is too small", file.path(), c.d_head);
   if (c.d_head % 2 != 0) fail("{}: head width {} is odd", file.path(), c.d_head);
   c.n_rot = file.find(p + "rope.dimension_count") ? get_int(file, p + "rope.dimension_count", 2, c.d_head)
                                                     : c.d_head;
@@ -81,6 +85,10 @@ model_config model_config::from_gguf(const gguf::file& file) {
   const gguf::tensor_info& embd = file.tensor("token_embd.weight");
   if (embd.ne.size() != 2 || embd.ne[0] != c.n_embd) {
     fail("{}: token_embd.weight must be [{}, n_vocab]", file.path(), c.n_embd);
+  }
+  // ne[1] is bounded by the file's size only; everything after indexes the vocabulary with int.
+  if (embd.ne[1] < 1 || embd.ne[1] > k_max_vocab) {
+    fail("{}: token_embd.weight has {} rows (n_vocab); expected 1 to {}", file.path(), embd.ne[1], k_max_vocab);
   }
   c.n_vocab = static_cast<int>(embd.ne[1]);
   c.tied_embeddings = file.find_tensor("output.weight") == nullptr;
