@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Fuzzes kvgate's parsers with libFuzzer: scripts/fuzz.sh [seconds per harness] [harness...]
+# Harnesses (tests/fuzz/fuzz_targets.h): gguf tokenizer chat dataset. Builds them with clang under
+# ASan + UBSan into build-fuzz/, seeds each corpus from the project's own files (tests/data, a
+# tiny model, a gate bank, a dataset written by the test suite's helpers, the default model's chat
+# template) plus every committed regression input, and runs each harness for the given time
+# (default 60 s). Crashes land in build-fuzz/crashes/<harness>/; copy each one, once fixed, to
+# tests/fuzz/regressions/<harness>/ so the normal suite replays it (tests/fuzz_test.cpp).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds="${1:-60}"
+shift || true
+harnesses=("$@")
+[ ${#harnesses[@]} -eq 0 ] && harnesses=(gguf tokenizer chat dataset)
+
+if ! command -v clang++ >/dev/null || ! ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a >/dev/null 2>&1 ||
+   ! dpkg-query -W -f='${Status}' libomp-dev 2>/dev/null | grep -q "install ok installed"; then
+  echo "fuzz: installing clang, libfuzzer-14-dev, libomp-dev" >&2
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq clang libfuzzer-14-dev libomp-dev >/dev/null
+fi
+
+flags="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1"
+CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="" \
+  -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" \
+  -DKVGATE_TESTS=OFF -DKVGATE_BENCH=OFF -DKVGATE_FUZZ=ON >/dev/null
+targets=()
+for h in "${harnesses[@]}"; do targets+=("fuzz_$h"); done
+ninja -C build-fuzz -j "$(nproc)" "${targets[@]}" kvgate_fuzz_seeds >&2
+
+build-fuzz/tests/fuzz/kvgate_fuzz_seeds build-fuzz/seeds
+export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0:abort_on_error=1}"
+export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
+for h in "${harnesses[@]}"; do
+  corpus="build-fuzz/corpus/$h"
+  mkdir -p "$corpus" "build-fuzz/crashes/$h"
+  cp -n build-fuzz/seeds/"$h"/* "$corpus"/ 2>/dev/null || true
+  [ -d "tests/fuzz/regressions/$h" ] && cp -n tests/fuzz/regressions/"$h"/* "$corpus"/ 2>/dev/null || true
+  echo "fuzz: $h for ${seconds} s" >&2
+  # -rss_limit_mb: an input that makes kvgate allocate past it is a bug (sizes not bounded).
+  build-fuzz/tests/fuzz/fuzz_"$h" "$corpus" -max_total_time="$seconds" -rss_limit_mb=2048 -malloc_limit_mb=1024 \
+    -max_len=65536 -timeout=20 -print_final_stats=1 -artifact_prefix="build-fuzz/crashes/$h/" \
+    2>&1 | tee "build-fuzz/fuzz_$h.log" | grep -E '^#[0-9]+ *(DONE|pulse)|stat::|ERROR|SUMMARY|Test unit' >&2 || true
+done
