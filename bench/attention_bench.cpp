@@ -30,7 +30,7 @@ void run(benchmark::State& state, kv_type type) {
   kvgate::live_runs(h, h.n_slots(), runs);
   std::vector<float> out(q.size()), scratch;
   for (auto _ : state) {
-    kvgate::attend(h.k, h.v, runs, h.n_live(), q.data(), n_q, 0.125f, out.data(), nullptr, nullptr, scratch);
+    kvgate::attend(h.k, h.v, runs, h.n_live(), q.data(), n_q, nullptr, 0.125f, out.data(), nullptr, nullptr, scratch);
     benchmark::DoNotOptimize(out.data());
   }
   state.SetBytesProcessed(state.iterations() * 2 * static_cast<int64_t>(h.k.row_bytes()) * n);

@@ -49,7 +49,8 @@ void session::attention(int il, int n_tok, const int32_t* pos) {
       const kv_head& h = cache_.head(il, ih);
       float* part = partials_.data() + task * stride;
       attend_chunk(h.k, h.v, runs_[ih], p * k_attn_chunk, std::min(h.n_live(), (p + 1) * k_attn_chunk),
-                   q_.data() + group_offset(0, ih) * d, n_group, scale, part, part + n_group, part + 2 * n_group);
+                   q_.data() + group_offset(0, ih) * d, n_group, nullptr, scale, part, part + n_group,
+                   part + 2 * n_group);
     }
     // Each task's partial is [m n_group | l n_group | o n_group*d]: regroup for the merge.
     for (int ih = 0; ih < n_kv; ++ih) {
@@ -69,18 +70,40 @@ void session::attention(int il, int n_tok, const int32_t* pos) {
                    attn_m_.data() + off, attn_l_.data() + off);
     }
   } else {
-    const int n_pairs = n_kv * n_tok;
+    // Prefill: tiles of n_tile tokens, so each K/V row is read once for the queries of n_tile
+    // tokens x the group; token t's queries stop at its own slot (limit).
+    const int n_tile = std::max(1, k_attn_max_group * 3 / 4 / n_group);
+    const int n_tiles = (n_tok + n_tile - 1) / n_tile;
+    const int n_tasks = n_kv * n_tiles;
 #pragma omp parallel num_threads(compute_threads())
     {
-      std::vector<float> scratch;
-#pragma omp for schedule(dynamic, 2)
-      for (int pair = 0; pair < n_pairs; ++pair) {
-        const int ih = pair / n_tok, t = pair % n_tok;
+      std::vector<float> scratch, qt, ot, mt, lt;
+      std::vector<uint32_t> limit;
+#pragma omp for schedule(dynamic, 1)
+      for (int task = 0; task < n_tasks; ++task) {
+        // Late tiles first: they see the most slots.
+        const int ih = task % n_kv, tile = n_tiles - 1 - task / n_kv;
+        const int t0 = tile * n_tile, t1 = std::min(n_tok, t0 + n_tile);
+        const int n_q = (t1 - t0) * n_group;
         const kv_head& h = cache_.head(il, ih);
-        const size_t n_live = h.n_live() - static_cast<size_t>(n_tok - 1 - t);
-        const size_t off = group_offset(t, ih);
-        attend(h.k, h.v, runs_[ih], n_live, q_.data() + off * d, n_group, scale, attn_out_.data() + off * d,
-               attn_m_.data() + off, attn_l_.data() + off, scratch);
+        qt.resize(static_cast<size_t>(n_q) * d);
+        ot.resize(qt.size());
+        mt.resize(n_q);
+        lt.resize(n_q);
+        limit.resize(n_q);
+        for (int t = t0; t < t1; ++t) {
+          const size_t r = static_cast<size_t>(t - t0) * n_group;
+          std::copy_n(q_.data() + group_offset(t, ih) * d, static_cast<size_t>(n_group) * d, qt.data() + r * d);
+          std::fill_n(limit.data() + r, n_group, static_cast<uint32_t>(h.n_live() - (n_tok - 1 - t)));
+        }
+        attend(h.k, h.v, runs_[ih], limit[n_q - 1], qt.data(), n_q, limit.data(), scale, ot.data(), mt.data(),
+               lt.data(), scratch);
+        for (int t = t0; t < t1; ++t) {
+          const size_t r = static_cast<size_t>(t - t0) * n_group, off = group_offset(t, ih);
+          std::copy_n(ot.data() + r * d, static_cast<size_t>(n_group) * d, attn_out_.data() + off * d);
+          std::copy_n(mt.data() + r, n_group, attn_m_.data() + off);
+          std::copy_n(lt.data() + r, n_group, attn_l_.data() + off);
+        }
       }
     }
   }

@@ -38,8 +38,8 @@ inline const float* row_f32(const kv_rows& r, uint32_t j, float* buf) {
 }
 
 void attend_chunk_group(const kv_rows& k, const kv_rows& v, std::span<const slot_run> runs,
-                        size_t live_first, size_t live_end, const float* q, int n_q, float scale,
-                        float* m, float* l, float* o) {
+                        size_t live_first, size_t live_end, const float* q, int n_q, const uint32_t* limit,
+                        float scale, float* m, float* l, float* o) {
   constexpr int B = k_attn_block;
   const int d = k.d();
   alignas(32) float s[k_attn_max_group][B];  // scores, then probabilities
@@ -61,6 +61,7 @@ void attend_chunk_group(const kv_rows& k, const kv_rows& v, std::span<const slot
       if (phys == runs[ri].end) phys = runs[++ri].begin;
       idx[j] = phys++;
     }
+    const size_t block_first = live;
     live += nb;
 
     for (int j = 0; j < nb; ++j) {
@@ -68,8 +69,14 @@ void attend_chunk_group(const kv_rows& k, const kv_rows& v, std::span<const slot
       for (int g = 0; g < n_q; ++g) s[g][j] = simd::dot(q + static_cast<size_t>(g) * d, kr, d) * scale;
     }
     for (int g = 0; g < n_q; ++g) {
+      // Query g sees a prefix of the block: nv slots.
+      const int nv = limit ? static_cast<int>(std::clamp<int64_t>(static_cast<int64_t>(limit[g]) - static_cast<int64_t>(block_first), 0, nb)) : nb;
+      if (nv == 0) {
+        std::fill(s[g], s[g] + B, 0.0f);
+        continue;
+      }
       float bm = s[g][0];
-      for (int j = 1; j < nb; ++j) bm = std::max(bm, s[g][j]);
+      for (int j = 1; j < nv; ++j) bm = std::max(bm, s[g][j]);
       const float m_new = std::max(m[g], bm);
       if (m_new != m[g] && l[g] != 0.0f) {
         const float corr = simd::exp_approx(m[g] - m_new);
@@ -77,9 +84,9 @@ void attend_chunk_group(const kv_rows& k, const kv_rows& v, std::span<const slot
         simd::scale(corr, o + static_cast<size_t>(g) * d, d);
       }
       m[g] = m_new;
-      for (int j = nb; j < B; ++j) s[g][j] = m_new;
+      for (int j = nv; j < B; ++j) s[g][j] = m_new;
       simd::exp_shifted(s[g], m_new, s[g], B);
-      for (int j = nb; j < B; ++j) s[g][j] = 0.0f;
+      for (int j = nv; j < B; ++j) s[g][j] = 0.0f;
       float sum = 0.0f;
       for (int j = 0; j < B; ++j) sum += s[g][j];
       l[g] += sum;
@@ -94,13 +101,14 @@ void attend_chunk_group(const kv_rows& k, const kv_rows& v, std::span<const slot
 }  // namespace
 
 void attend_chunk(const kv_rows& k, const kv_rows& v, std::span<const slot_run> runs, size_t live_first,
-                  size_t live_end, const float* q, int n_q, float scale, float* m, float* l, float* o) {
+                  size_t live_end, const float* q, int n_q, const uint32_t* limit, float scale, float* m,
+                  float* l, float* o) {
   const int d = k.d();
   if (d > k_attn_max_d) fail("attention: d_head {} exceeds the kernel's limit {}", d, k_attn_max_d);
   for (int g0 = 0; g0 < n_q; g0 += k_attn_max_group) {
     const int n = std::min(k_attn_max_group, n_q - g0);
-    attend_chunk_group(k, v, runs, live_first, live_end, q + static_cast<size_t>(g0) * d, n, scale, m + g0,
-                       l + g0, o + static_cast<size_t>(g0) * d);
+    attend_chunk_group(k, v, runs, live_first, live_end, q + static_cast<size_t>(g0) * d, n,
+                       limit ? limit + g0 : nullptr, scale, m + g0, l + g0, o + static_cast<size_t>(g0) * d);
   }
 }
 
@@ -114,6 +122,7 @@ void attend_merge(int n_parts, int n_q, int d, const float* m_parts, const float
     float lsum = 0.0f;
     for (int p = 0; p < n_parts; ++p) {
       const size_t pg = static_cast<size_t>(p) * n_q + g;
+      if (l_parts[pg] == 0.0f) continue;  // the query saw nothing of this part
       const float c = simd::exp_approx(m_parts[pg] - mx);
       lsum += l_parts[pg] * c;
       simd::axpy(c, o_parts + pg * d, og, d);
@@ -125,8 +134,8 @@ void attend_merge(int n_parts, int n_q, int d, const float* m_parts, const float
 }
 
 void attend(const kv_rows& k, const kv_rows& v, std::span<const slot_run> runs, size_t n_live,
-            const float* q, int n_q, float scale, float* out, float* m_out, float* l_out,
-            std::vector<float>& scratch) {
+            const float* q, int n_q, const uint32_t* limit, float scale, float* out, float* m_out,
+            float* l_out, std::vector<float>& scratch) {
   const int d = k.d();
   const size_t n_parts = attn_n_chunks(n_live);
   scratch.resize(n_parts * n_q * (2 + static_cast<size_t>(d)));
@@ -134,7 +143,7 @@ void attend(const kv_rows& k, const kv_rows& v, std::span<const slot_run> runs, 
   float* l = m + n_parts * n_q;
   float* o = l + n_parts * n_q;
   for (size_t p = 0; p < n_parts; ++p) {
-    attend_chunk(k, v, runs, p * k_attn_chunk, std::min(n_live, (p + 1) * k_attn_chunk), q, n_q, scale,
+    attend_chunk(k, v, runs, p * k_attn_chunk, std::min(n_live, (p + 1) * k_attn_chunk), q, n_q, limit, scale,
                  m + p * n_q, l + p * n_q, o + p * n_q * d);
   }
   attend_merge(static_cast<int>(n_parts), n_q, d, m, l, o, out, m_out, l_out);
