@@ -43,7 +43,7 @@ struct diff_stats {
 // Compares our prefill logits (f32 path, one step) with the top-20 of every position.
 diff_stats compare_prompt(const model& m, const nlohmann::json& c) {
   const std::vector<int32_t> tokens = c["tokens"];
-  session s(m, {.n_ctx = 512, .n_batch = 512});
+  session s(m, {.n_ctx = 512, .n_batch = 512, .kv = kv_type::f32});  // the references keep K/V in float
   auto logits = s.step(tokens, logits_mode::all);
   const int n_vocab = m.config().n_vocab;
   diff_stats st;
@@ -74,7 +74,7 @@ void check_file(const std::string& golden, const std::string& model_path, double
     EXPECT_LE(st.rms(), rms_tol);
 
     if (!check_greedy) continue;
-    session s(*m, {.n_ctx = 512, .n_batch = 512});
+    session s(*m, {.n_ctx = 512, .n_batch = 512, .kv = kv_type::f32});
     std::vector<float> logits;
     {
       auto last = s.prefill(expected);

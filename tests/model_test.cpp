@@ -38,8 +38,11 @@ TEST_P(forward_vs_reference, logits_match_scalar_reference) {
   const auto tokens = random_tokens(19, 7);
   const std::vector<double> ref = test::reference_logits(path, tokens);
 
+  // The f32 KV cache is exact; f16 rounds K and V to 11 significant bits (relative 2^-11 per
+  // element) and q8_0 to 1/254 of each block's largest value.
+  for (kv_type kv : {kv_type::f32, kv_type::f16, kv_type::q8_0})
   for (int n_batch : {1, 5, 19}) {  // decode path, small steps, one prefill step (sgemm path)
-    session s(*m, {.n_ctx = 64, .n_batch = n_batch});
+    session s(*m, {.n_ctx = 64, .n_batch = n_batch, .kv = kv});
     double max_err = 0.0, max_ref = 0.0;
     for (size_t start = 0; start < tokens.size(); start += n_batch) {
       const size_t n = std::min<size_t>(n_batch, tokens.size() - start);
@@ -51,14 +54,16 @@ TEST_P(forward_vs_reference, logits_match_scalar_reference) {
         max_ref = std::max(max_ref, std::abs(r));
       }
     }
-    std::printf("%s n_batch %d: max |logit - ref| = %.3g (max |ref| %.3g)\n", spec.arch.c_str(), n_batch,
-                max_err, max_ref);
+    std::printf("%s kv %s n_batch %d: max |logit - ref| = %.3g (max |ref| %.3g)\n", spec.arch.c_str(),
+                kv_type_name(kv), n_batch, max_err, max_ref);
     // Steps of >= k_sgemm_min_rows tokens run in f32 and must agree to rounding. Smaller steps
     // (decode) quantize activations to 8 bits per block of 32 for the integer kernels, as
     // llama.cpp does: a relative error of about 1/254 per element, which stays near 0.5% of the
     // logit range after the network; 1.5% leaves margin, a RoPE or attention bug is far above it.
     const bool f32_path = n_batch >= k_sgemm_min_rows;
-    EXPECT_LT(max_err, (f32_path ? 1e-4 : 1.5e-2) * std::max(1.0, max_ref)) << "n_batch " << n_batch;
+    const double kv_tol = kv == kv_type::f32 ? 0.0 : kv == kv_type::f16 ? 2e-3 : 1.5e-2;
+    EXPECT_LT(max_err, ((f32_path ? 1e-4 : 1.5e-2) + kv_tol) * std::max(1.0, max_ref))
+        << "n_batch " << n_batch << " kv " << kv_type_name(kv);
   }
 }
 
@@ -91,10 +96,13 @@ TEST(forward, prompt_longer_than_context_is_refused) {
 }
 
 // Hard eviction and mask mode, given the same keep decisions, must give bit-identical logits.
+// compact_fraction 1 leaves the holes in place; 0 compacts at every eviction.
 void run_with_eviction(const model& m, bool mask_mode, const std::vector<int32_t>& prompt,
-                       const std::vector<int32_t>& cont, std::vector<float>& out) {
-  session s(m, {.n_ctx = 512, .n_batch = 16});
+                       const std::vector<int32_t>& cont, std::vector<float>& out,
+                       kv_type type = kv_type::f16, double compact_fraction = 0.125) {
+  session s(m, {.n_ctx = 512, .n_batch = 16, .kv = type});
   s.cache().set_mask_mode(mask_mode);
+  s.cache().set_compact_fraction(compact_fraction);
   s.prefill(prompt);
   std::mt19937_64 rng(42);
   kv_cache& cache = s.cache();
@@ -122,10 +130,16 @@ TEST(kv_cache, mask_mode_logits_bit_identical_to_hard_eviction) {
       "window keeps the last ones; learned gates decide about everything in between.");
   const std::vector<int32_t> cont = m->vocab().encode(" The gates are small MLPs.");
   std::vector<float> hard, masked, full;
+  for (kv_type type : {kv_type::f32, kv_type::f16, kv_type::q8_0}) {
+    for (double fraction : {0.0, 0.125, 1.0}) {  // compacted at once, lazily, never
+      SCOPED_TRACE(std::string(kv_type_name(type)) + " compact fraction " + std::to_string(fraction));
+      run_with_eviction(*m, false, prompt, cont, hard, type, fraction);
+      run_with_eviction(*m, true, prompt, cont, masked, type, fraction);
+      ASSERT_EQ(hard.size(), masked.size());
+      EXPECT_EQ(0, std::memcmp(hard.data(), masked.data(), hard.size() * sizeof(float)));
+    }
+  }
   run_with_eviction(*m, false, prompt, cont, hard);
-  run_with_eviction(*m, true, prompt, cont, masked);
-  ASSERT_EQ(hard.size(), masked.size());
-  EXPECT_EQ(0, std::memcmp(hard.data(), masked.data(), hard.size() * sizeof(float)));
 
   // And eviction really changed something (the comparison above can fail).
   session s(*m, {.n_ctx = 512, .n_batch = 16});
@@ -149,7 +163,7 @@ TEST(kv_cache, evicted_slots_never_attended_and_bytes_shrink) {
   s.cache().evict(0, 1, keep);
   EXPECT_EQ(s.cache().head(0, 1).n_slots(), 14u);
   EXPECT_EQ(s.cache().head(0, 0).n_slots(), 24u);
-  EXPECT_EQ(s.cache().bytes_total(), bytes_before - 10 * kv_cache::bytes_per_slot(spec.d_head));
+  EXPECT_EQ(s.cache().bytes_total(), bytes_before - 10 * s.cache().bytes_per_slot());
   for (int32_t p : s.cache().head(0, 1).pos) EXPECT_TRUE(p < 5 || p >= 15);
 
   struct watcher : observer {

@@ -243,15 +243,17 @@ TEST(policy, threshold_mode_keeps_exactly_the_knorm_candidates_above_it) {
   // A threshold in the middle of the key norms, from a full-cache run.
   float threshold = 0.0f;
   {
-    session s(m, {.n_ctx = k_ctx, .n_batch = 32});
+    session s(m, {.n_ctx = k_ctx, .n_batch = 32, .kv = kv_type::f32});  // exact keys: the reference reads f32 activations
     run(s, tokens, 60);
     std::vector<float> norms;
     for (int il = 0; il < c.n_layer; ++il)
       for (int ih = 0; ih < c.n_kv_head; ++ih) {
         const kv_head& h = s.cache().head(il, ih);
+        std::vector<float> k(c.d_head);
         for (size_t j = 0; j < h.n_slots(); ++j) {
+          h.k.to_float(j, 1, k.data());
           double ss = 0;
-          for (int i = 0; i < c.d_head; ++i) ss += double(h.k[j * c.d_head + i]) * h.k[j * c.d_head + i];
+          for (int i = 0; i < c.d_head; ++i) ss += double(k[i]) * k[i];
           norms.push_back(static_cast<float>(std::sqrt(ss)));
         }
       }
@@ -261,7 +263,7 @@ TEST(policy, threshold_mode_keeps_exactly_the_knorm_candidates_above_it) {
   policy_config cfg = make_config(policy_kind::knorm, select_mode::threshold);
   cfg.threshold = threshold;
   auto runner = make_policy(cfg, c);
-  session s(m, {.n_ctx = k_ctx, .n_batch = 32});
+  session s(m, {.n_ctx = k_ctx, .n_batch = 32, .kv = kv_type::f32});  // exact keys: the reference reads f32 activations
   runner->attach(s);
   recorder rec(c);
   s.set_observer(&rec);
@@ -360,7 +362,7 @@ TEST_P(learned_keys, gates_score_blocks_of_candidates_and_threshold_keeps_exactl
   auto gates = stub_gates(c, key_kind, {0.1f, -0.2f, 0.3f});
   policy_config cfg = make_config(policy_kind::learned, select_mode::threshold);
   auto runner = make_policy(cfg, c, gates);
-  session s(m, {.n_ctx = k_ctx, .n_batch = 40});
+  session s(m, {.n_ctx = k_ctx, .n_batch = 40, .kv = kv_type::f32});  // exact keys: the reference reads f32 activations
   runner->attach(s);
   EXPECT_EQ(s.cache().keep_pre_rope(), key_kind == "pre-rope");
   recorder rec(c);
@@ -380,7 +382,8 @@ TEST_P(learned_keys, gates_score_blocks_of_candidates_and_threshold_keeps_exactl
     for (int hd = 0; hd < n_heads; ++hd) {
       const int il = hd / c.n_kv_head, ih = hd % c.n_kv_head;
       const kv_head& h = cache.head(il, ih);
-      const std::set<int32_t> held(h.pos.begin(), h.pos.end());
+      const std::vector<int32_t> live = live_positions(cache, il, ih);  // holes are gone
+      const std::set<int32_t> held(live.begin(), live.end());
       for (int32_t p = cfg.sinks; p <= t - cfg.window; ++p) {
         if (p > done) {  // pending: not scored yet, kept
           n_bad += !held.count(p);

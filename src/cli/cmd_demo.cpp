@@ -178,7 +178,7 @@ void register_demo(CLI::App& app) {
     f.kv_share_mean = ps.kv_share_mean();
     f.kv_share_peak = ps.kv_share_peak();
     f.kv_bytes_peak = ps.bytes_peak;
-    f.kv_bytes_full = static_cast<size_t>(n_heads) * n_past * kv_cache::bytes_per_slot(cache.d_head());
+    f.kv_bytes_full = static_cast<size_t>(n_heads) * n_past * cache.bytes_per_slot();
     f.kept_share_final = static_cast<double>(cache.n_live_total()) / (static_cast<double>(n_heads) * n_past);
     f.doc_evicted_share = static_cast<double>(doc_evicted) / (doc_end - doc_first);
 

@@ -32,6 +32,7 @@ void register_perplexity(CLI::App& app) {
     std::string file;
     int n_ctx = 1024;
     int n_batch = 256;
+    std::string kv_type = "f16";
     int max_windows = 0;
     policy_flags policy;
   };
@@ -40,6 +41,7 @@ void register_perplexity(CLI::App& app) {
   sub->add_option("--file,-f", o->file, "text file")->required();
   sub->add_option("--ctx", o->n_ctx, "window length in tokens")->check(CLI::Range(2, 1 << 24));
   sub->add_option("--batch", o->n_batch, "prefill chunk size")->check(CLI::Range(1, 1 << 16));
+  sub->add_option("--kv-type", o->kv_type, "element type of the KV cache: f32, f16 or q8_0")->capture_default_str();
   sub->add_option("--max-windows", o->max_windows, "stop after this many windows (0 = all)")->check(CLI::Range(0, 1 << 30));
   add_policy_options(*sub, o->policy, /*add_seed=*/true);
 
@@ -58,7 +60,7 @@ void register_perplexity(CLI::App& app) {
     }
     if (o->max_windows > 0) n_windows = std::min<int64_t>(n_windows, o->max_windows);
 
-    session s(*m, {.n_ctx = o->n_ctx, .n_batch = o->n_batch});
+    session s(*m, {.n_ctx = o->n_ctx, .n_batch = o->n_batch, .kv = parse_kv_type(o->kv_type)});
     policy->attach(s);
     const int n_vocab = m->config().n_vocab;
     double nll_sum = 0.0;

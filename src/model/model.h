@@ -10,6 +10,7 @@
 
 #include "gguf/gguf.h"
 #include "kv/cache.h"
+#include "model/attention_kernel.h"
 #include "model/config.h"
 #include "model/linear.h"
 #include "model/observer.h"
@@ -55,6 +56,7 @@ enum class logits_mode { none, last, all };
 struct session_options {
   int n_ctx = 0;       // positions this session may reach; 0 = the model's trained context
   int n_batch = 256;   // prefill chunk size
+  kv_type kv = kv_type::f16;  // element type of stored keys and values
 };
 
 class session {
@@ -98,6 +100,9 @@ class session {
  private:
   void forward_layer(int il, int n_tok, const int32_t* pos);
   void attention(int il, int n_tok, const int32_t* pos);
+  void attention_weights(int il, int n_tok);     // fills attn_weights_
+  void attention_recall(int il, int n_tok);      // adds to recall_[il]
+  void accumulate_attention(int il, int n_tok);  // kv_head::attn_sum, attn_last
 
   const model& model_;
   int n_ctx_;
@@ -122,6 +127,11 @@ class session {
   std::vector<float> up_;      // [n, n_ff]
   std::vector<float> logits_;  // [n or 1, n_vocab]
   std::vector<std::vector<float>> attn_weights_;  // [n_head][n, n_slots] for the observer
+  std::vector<float> attn_m_, attn_l_;  // [n, n_head] softmax max score and sum relative to it
+  std::vector<std::vector<slot_run>> runs_;  // [n_kv_head] live slots of the current layer
+  std::vector<size_t> task_first_;      // [n_kv_head + 1] first decode task of each kv head
+  std::vector<float> partials_;         // [n_tasks, n_group * (d_head + 2)] decode partials
+  std::vector<float> merge_buf_;
   linear_scratch scratch_;
 };
 

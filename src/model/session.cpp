@@ -61,7 +61,7 @@ session::session(const model& m, session_options options)
     : model_(m),
       n_ctx_(options.n_ctx > 0 ? options.n_ctx : m.config().n_ctx_train),
       n_batch_(std::max(1, options.n_batch)),
-      cache_(m.config().n_layer, m.config().n_kv_head, m.config().d_head),
+      cache_(m.config().n_layer, m.config().n_kv_head, m.config().d_head, options.kv),
       recall_(m.config().n_layer) {}
 
 session::~session() = default;

@@ -42,4 +42,55 @@ inline void axpy(float a, const float* x, float* y, int64_t n) {
   for (; j < n; ++j) y[j] += a * x[j];
 }
 
+// exp(x) by Cephes' expf polynomial (relative error ~2e-7) for x <= 88; inputs below -87.3 give
+// ~1e-38, not 0. The AVX2 and scalar forms do the same operations.
+inline float exp_approx(float x) {
+  x = x < -87.3365f ? -87.3365f : (x > 88.7228f ? 88.7228f : x);
+  const float fx = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
+  x = x - fx * 0.693359375f + fx * 2.12194440e-4f;
+  float y = 1.9875691500e-4f;
+  y = y * x + 1.3981999507e-3f;
+  y = y * x + 8.3334519073e-3f;
+  y = y * x + 4.1665795894e-2f;
+  y = y * x + 1.6666665459e-1f;
+  y = y * x + 5.0000001201e-1f;
+  y = y * x * x + x + 1.0f;
+  return __builtin_ldexpf(y, static_cast<int>(fx));
+}
+
+// y[i] = exp(x[i] - shift), n a multiple of 8 on the AVX2 path (the scalar form handles any n).
+inline void exp_shifted(const float* x, float shift, float* y, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  const __m256 vs = _mm256_set1_ps(shift);
+  for (; i + 8 <= n; i += 8) {
+    __m256 v = _mm256_sub_ps(_mm256_loadu_ps(x + i), vs);
+    v = _mm256_max_ps(_mm256_min_ps(v, _mm256_set1_ps(88.7228f)), _mm256_set1_ps(-87.3365f));
+    const __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(v, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    v = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), v);
+    v = _mm256_fmadd_ps(fx, _mm256_set1_ps(2.12194440e-4f), v);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, v, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, v, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, v, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, v, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, v, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(_mm256_mul_ps(p, v), v, _mm256_add_ps(v, _mm256_set1_ps(1.0f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    _mm256_storeu_ps(y + i, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+  }
+#endif
+  for (; i < n; ++i) y[i] = exp_approx(x[i] - shift);
+}
+
+// y *= a
+inline void scale(float a, float* y, int64_t n) {
+  int64_t j = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  const __m256 va = _mm256_set1_ps(a);
+  for (; j + 8 <= n; j += 8) _mm256_storeu_ps(y + j, _mm256_mul_ps(va, _mm256_loadu_ps(y + j)));
+#endif
+  for (; j < n; ++j) y[j] *= a;
+}
+
 }  // namespace kvgate::simd

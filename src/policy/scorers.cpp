@@ -72,9 +72,10 @@ class knorm_scorer final : public scorer {
   explicit knorm_scorer(int d_head) : d_(d_head) {}
   scorer_needs needs() const override { return {}; }
   void score(kv_cache& cache, const score_request& req) override {
+    std::vector<float> k(d_);
     for_each_range(cache, req, [&](kv_head& h, slot_range r) {
       for (uint32_t j = r.begin; j < r.end; ++j) {
-        const float* k = h.k.data() + static_cast<size_t>(j) * d_;
+        h.k.to_float(j, 1, k.data());
         double ss = 0.0;
         for (int i = 0; i < d_; ++i) ss += static_cast<double>(k[i]) * k[i];
         h.score[j] = -static_cast<float>(std::sqrt(ss));
@@ -139,13 +140,13 @@ class learned_scorer final : public scorer {
       const int il = static_cast<int>(hd) / n_kv, ih = static_cast<int>(hd) % n_kv;
       const kv_head& h = cache.head(il, ih);
       const slot_range r = req.ranges[hd];
-      const float* src = h.k.data() + static_cast<size_t>(r.begin) * d;
       if (pre_rope_) {
         const size_t pre_first = h.n_slots() - cache.n_pre_rope(il, ih);
         if (r.begin < pre_first) fail("learned policy: the pre-RoPE key of slot {} was already released", r.begin);
-        src = h.k_pre.data() + (r.begin - pre_first) * d;
+        std::copy_n(h.k_pre.data() + (r.begin - pre_first) * d, static_cast<size_t>(n) * d, keys_.data() + hd * n * d);
+      } else {
+        h.k.to_float(r.begin, n, keys_.data() + hd * n * d);
       }
-      std::copy_n(src, static_cast<size_t>(n) * d, keys_.data() + hd * n * d);
     }
     const int n_out = gates_->n_out();
     logits_.resize(n_heads * n * n_out);  // [H, n, n_out]

@@ -1,0 +1,152 @@
+#include "model/attention_kernel.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "common/error.h"
+#include "model/simd.h"
+
+namespace kvgate {
+
+void live_runs(const kv_head& h, size_t n_slots, std::vector<slot_run>& runs) {
+  runs.clear();
+  const uint8_t* masked = h.masked.data();
+  uint32_t live = 0;
+  if (h.n_masked == 0) {  // the common case after compaction: one run
+    if (n_slots) runs.push_back({0, static_cast<uint32_t>(n_slots), 0});
+    return;
+  }
+  size_t j = 0;
+  while (j < n_slots) {
+    while (j < n_slots && masked[j]) ++j;
+    if (j == n_slots) break;
+    const size_t b = j;
+    while (j < n_slots && !masked[j]) ++j;
+    runs.push_back({static_cast<uint32_t>(b), static_cast<uint32_t>(j), live});
+    live += static_cast<uint32_t>(j - b);
+  }
+}
+
+namespace {
+
+// The rows of a kv_rows as float pointers: f32 rows are read in place, other types converted.
+inline const float* row_f32(const kv_rows& r, uint32_t j, float* buf) {
+  if (r.type() == kv_type::f32) return reinterpret_cast<const float*>(r.row(j));
+  r.row_to_float(j, buf);
+  return buf;
+}
+
+void attend_chunk_group(const kv_rows& k, const kv_rows& v, std::span<const slot_run> runs,
+                        size_t live_first, size_t live_end, const float* q, int n_q, const uint32_t* limit,
+                        float scale, float* m, float* l, float* o) {
+  constexpr int B = k_attn_block;
+  const int d = k.d();
+  alignas(32) float s[k_attn_max_group][B];  // scores, then probabilities
+  alignas(32) float kbuf[k_attn_max_d], vbuf[k_attn_max_d];
+  uint32_t idx[B];
+  for (int g = 0; g < n_q; ++g) {
+    m[g] = -std::numeric_limits<float>::infinity();
+    l[g] = 0.0f;
+  }
+  std::fill(o, o + static_cast<size_t>(n_q) * d, 0.0f);
+
+  // The run holding live slot live_first.
+  size_t ri = std::upper_bound(runs.begin(), runs.end(), live_first,
+                               [](size_t x, const slot_run& r) { return x < r.live_before; }) - runs.begin() - 1;
+  uint32_t phys = runs[ri].begin + static_cast<uint32_t>(live_first - runs[ri].live_before);
+  for (size_t live = live_first; live < live_end;) {
+    const int nb = static_cast<int>(std::min<size_t>(B, live_end - live));
+    for (int j = 0; j < nb; ++j) {
+      if (phys == runs[ri].end) phys = runs[++ri].begin;
+      idx[j] = phys++;
+    }
+    const size_t block_first = live;
+    live += nb;
+
+    for (int j = 0; j < nb; ++j) {
+      const float* kr = row_f32(k, idx[j], kbuf);
+      for (int g = 0; g < n_q; ++g) s[g][j] = simd::dot(q + static_cast<size_t>(g) * d, kr, d) * scale;
+    }
+    for (int g = 0; g < n_q; ++g) {
+      // Query g sees a prefix of the block: nv slots.
+      const int nv = limit ? static_cast<int>(std::clamp<int64_t>(static_cast<int64_t>(limit[g]) - static_cast<int64_t>(block_first), 0, nb)) : nb;
+      if (nv == 0) {
+        std::fill(s[g], s[g] + B, 0.0f);
+        continue;
+      }
+      float bm = s[g][0];
+      for (int j = 1; j < nv; ++j) bm = std::max(bm, s[g][j]);
+      const float m_new = std::max(m[g], bm);
+      if (m_new != m[g] && l[g] != 0.0f) {
+        const float corr = simd::exp_approx(m[g] - m_new);
+        l[g] *= corr;
+        simd::scale(corr, o + static_cast<size_t>(g) * d, d);
+      }
+      m[g] = m_new;
+      for (int j = nv; j < B; ++j) s[g][j] = m_new;
+      simd::exp_shifted(s[g], m_new, s[g], B);
+      for (int j = nv; j < B; ++j) s[g][j] = 0.0f;
+      float sum = 0.0f;
+      for (int j = 0; j < B; ++j) sum += s[g][j];
+      l[g] += sum;
+    }
+    for (int j = 0; j < nb; ++j) {
+      const float* vr = row_f32(v, idx[j], vbuf);
+      for (int g = 0; g < n_q; ++g) simd::axpy(s[g][j], vr, o + static_cast<size_t>(g) * d, d);
+    }
+  }
+}
+
+}  // namespace
+
+void attend_chunk(const kv_rows& k, const kv_rows& v, std::span<const slot_run> runs, size_t live_first,
+                  size_t live_end, const float* q, int n_q, const uint32_t* limit, float scale, float* m,
+                  float* l, float* o) {
+  const int d = k.d();
+  if (d > k_attn_max_d) fail("attention: d_head {} exceeds the kernel's limit {}", d, k_attn_max_d);
+  for (int g0 = 0; g0 < n_q; g0 += k_attn_max_group) {
+    const int n = std::min(k_attn_max_group, n_q - g0);
+    attend_chunk_group(k, v, runs, live_first, live_end, q + static_cast<size_t>(g0) * d, n,
+                       limit ? limit + g0 : nullptr, scale, m + g0, l + g0, o + static_cast<size_t>(g0) * d);
+  }
+}
+
+void attend_merge(int n_parts, int n_q, int d, const float* m_parts, const float* l_parts,
+                  const float* o_parts, float* out, float* m_out, float* l_out) {
+  for (int g = 0; g < n_q; ++g) {
+    float mx = m_parts[g];
+    for (int p = 1; p < n_parts; ++p) mx = std::max(mx, m_parts[static_cast<size_t>(p) * n_q + g]);
+    float* og = out + static_cast<size_t>(g) * d;
+    std::fill(og, og + d, 0.0f);
+    float lsum = 0.0f;
+    for (int p = 0; p < n_parts; ++p) {
+      const size_t pg = static_cast<size_t>(p) * n_q + g;
+      if (l_parts[pg] == 0.0f) continue;  // the query saw nothing of this part
+      const float c = simd::exp_approx(m_parts[pg] - mx);
+      lsum += l_parts[pg] * c;
+      simd::axpy(c, o_parts + pg * d, og, d);
+    }
+    simd::scale(1.0f / lsum, og, d);
+    if (m_out) m_out[g] = mx;
+    if (l_out) l_out[g] = lsum;
+  }
+}
+
+void attend(const kv_rows& k, const kv_rows& v, std::span<const slot_run> runs, size_t n_live,
+            const float* q, int n_q, const uint32_t* limit, float scale, float* out, float* m_out,
+            float* l_out, std::vector<float>& scratch) {
+  const int d = k.d();
+  const size_t n_parts = attn_n_chunks(n_live);
+  scratch.resize(n_parts * n_q * (2 + static_cast<size_t>(d)));
+  float* m = scratch.data();
+  float* l = m + n_parts * n_q;
+  float* o = l + n_parts * n_q;
+  for (size_t p = 0; p < n_parts; ++p) {
+    attend_chunk(k, v, runs, p * k_attn_chunk, std::min(n_live, (p + 1) * k_attn_chunk), q, n_q, limit, scale,
+                 m + p * n_q, l + p * n_q, o + p * n_q * d);
+  }
+  attend_merge(static_cast<int>(n_parts), n_q, d, m, l, o, out, m_out, l_out);
+}
+
+}  // namespace kvgate

@@ -1,0 +1,128 @@
+// The typed KV storage: each type's rows read back as gguf's dequantization of the stored bytes,
+// within the type's rounding of the input; eviction leaves holes that compaction removes; bytes
+// are accounted per type.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "common/error.h"
+#include "gguf/gguf.h"
+#include "kv/cache.h"
+
+namespace kvgate {
+namespace {
+
+std::vector<float> random_rows(size_t n, uint64_t seed, float spread = 3.0f) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd(0.0f, spread);
+  std::vector<float> x(n);
+  for (float& v : x) v = nd(rng);
+  return x;
+}
+
+gguf::tensor_type tensor_type_of(kv_type t) {
+  return t == kv_type::f32 ? gguf::tensor_type::f32 : t == kv_type::f16 ? gguf::tensor_type::f16 : gguf::tensor_type::q8_0;
+}
+
+TEST(kv_rows, every_type_reads_back_as_gguf_dequantization_within_its_rounding) {
+  for (kv_type type : {kv_type::f32, kv_type::f16, kv_type::q8_0}) {
+    for (int d : {16, 32, 48, 64, 128}) {
+      SCOPED_TRACE(std::string(kv_type_name(type)) + " d=" + std::to_string(d));
+      const int n_tok = 5;
+      kv_cache cache(1, 2, d, type);
+      const auto k = random_rows(static_cast<size_t>(n_tok) * 2 * d, d);
+      const auto v = random_rows(static_cast<size_t>(n_tok) * 2 * d, d + 1);
+      std::vector<int32_t> pos(n_tok);
+      for (int t = 0; t < n_tok; ++t) pos[t] = t;
+      cache.append(0, k.data(), v.data(), pos.data(), n_tok);
+      const int d_pad = type == kv_type::q8_0 ? (d + 31) / 32 * 32 : d;
+      for (int ih = 0; ih < 2; ++ih) {
+        const kv_head& h = cache.head(0, ih);
+        ASSERT_EQ(h.k.n_rows(), static_cast<size_t>(n_tok));
+        EXPECT_EQ(h.k.row_bytes(), gguf::row_bytes(tensor_type_of(type), d_pad));
+        std::vector<float> all(static_cast<size_t>(n_tok) * d), ref(d_pad), one(d);
+        h.k.to_float(0, n_tok, all.data());
+        for (int t = 0; t < n_tok; ++t) {
+          gguf::dequantize(tensor_type_of(type), h.k.row(t), ref.data(), d_pad);
+          h.k.row_to_float(t, one.data());
+          const float* src = k.data() + (static_cast<size_t>(t) * 2 + ih) * d;
+          float amax = 0.0f;
+          for (int i = 0; i < d; ++i) amax = std::max(amax, std::fabs(src[i]));
+          for (int i = 0; i < d; ++i) {
+            EXPECT_EQ(one[i], ref[i]);
+            EXPECT_EQ(all[static_cast<size_t>(t) * d + i], ref[i]);
+            const float tol = type == kv_type::f32 ? 0.0f : type == kv_type::f16 ? std::fabs(src[i]) / 1024 : amax / 127;
+            EXPECT_LE(std::fabs(ref[i] - src[i]), tol) << "row " << t << " element " << i;
+          }
+          for (int i = d; i < d_pad; ++i) EXPECT_EQ(ref[i], 0.0f);  // q8_0 padding
+        }
+      }
+    }
+  }
+}
+
+TEST(kv_cache, bytes_per_slot_follow_the_type) {
+  // 2 rows (k, v) of d elements + position, mask byte and three float extras.
+  EXPECT_EQ(kv_cache::bytes_per_slot(64, kv_type::f32), 2u * 256 + 4 + 1 + 12);
+  EXPECT_EQ(kv_cache::bytes_per_slot(64, kv_type::f16), 2u * 128 + 4 + 1 + 12);
+  EXPECT_EQ(kv_cache::bytes_per_slot(64, kv_type::q8_0), 2u * 68 + 4 + 1 + 12);
+  EXPECT_EQ(parse_kv_type("q8_0"), kv_type::q8_0);
+  EXPECT_THROW(parse_kv_type("q4_0"), error);
+}
+
+TEST(kv_cache, eviction_leaves_holes_until_they_pass_the_fraction_then_compacts) {
+  const int d = 32, n = 40;
+  kv_cache cache(1, 1, d, kv_type::f16);
+  cache.set_compact_fraction(0.25);
+  const auto k = random_rows(static_cast<size_t>(n) * d, 1), v = random_rows(static_cast<size_t>(n) * d, 2);
+  std::vector<int32_t> pos(n);
+  for (int t = 0; t < n; ++t) pos[t] = 100 + t;
+  cache.append(0, k.data(), v.data(), pos.data(), n);
+  const size_t bytes_full = cache.bytes_total();
+  const kv_head& h = cache.head(0, 0);
+
+  std::vector<uint8_t> keep(n, 1);
+  for (int j = 3; j < 9; ++j) keep[j] = 0;  // 6 holes: 15% of 40, not compacted
+  EXPECT_EQ(cache.evict(0, 0, keep), 6u);
+  EXPECT_EQ(h.n_slots(), 40u);
+  EXPECT_EQ(h.n_live(), 34u);
+  EXPECT_EQ(cache.n_live(0, 0), 34u);
+  EXPECT_EQ(cache.bytes_total(), bytes_full - 6 * cache.bytes_per_slot());
+  for (int j = 0; j < n; ++j) EXPECT_EQ(h.masked[j], keep[j] ? 0 : 1);
+  // Evicting a hole again counts nothing.
+  EXPECT_EQ(cache.evict(0, 0, keep), 0u);
+
+  keep.assign(n, 1);
+  for (int j = 20; j < 25; ++j) keep[j] = 0;  // 11 holes: 27.5% > 25%: compacted
+  EXPECT_EQ(cache.evict(0, 0, keep), 5u);
+  ASSERT_EQ(h.n_slots(), 29u);
+  EXPECT_EQ(h.n_masked, 0u);
+  std::vector<float> row(d), want(d);
+  size_t j = 0;
+  for (int t = 0; t < n; ++t) {
+    if ((t >= 3 && t < 9) || (t >= 20 && t < 25)) continue;
+    EXPECT_EQ(h.pos[j], 100 + t);
+    h.v.row_to_float(j, row.data());
+    gguf::quantize(gguf::tensor_type::f16, v.data() + static_cast<size_t>(t) * d, want.data(), d);  // want: scratch bytes
+    std::vector<float> deq(d);
+    gguf::dequantize(gguf::tensor_type::f16, want.data(), deq.data(), d);
+    for (int i = 0; i < d; ++i) EXPECT_EQ(row[i], deq[i]);
+    ++j;
+  }
+  EXPECT_EQ(cache.bytes_total(), bytes_full - 11 * cache.bytes_per_slot());
+
+  // Mask mode never compacts.
+  kv_cache masked(1, 1, d, kv_type::f16);
+  masked.set_mask_mode(true);
+  masked.append(0, k.data(), v.data(), pos.data(), n);
+  keep.assign(n, 0);
+  keep[0] = 1;
+  EXPECT_EQ(masked.evict(0, 0, keep), 39u);
+  EXPECT_EQ(masked.head(0, 0).n_slots(), 40u);
+  EXPECT_EQ(masked.n_live(0, 0), 1u);
+}
+
+}  // namespace
+}  // namespace kvgate
