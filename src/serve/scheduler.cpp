@@ -351,6 +351,18 @@ void scheduler::finish(slot& sl, const std::string& reason, const std::string& e
   f["slot_id"] = sl.id;
   f["kv_policy"] = t.req.policy.json;
 
+  // The slot counts as free before the client hears the end, so its next request finds it free.
+  {
+    std::unique_lock lock(mutex_, std::defer_lock);
+    if (!mutex_held) lock.lock();
+    --n_active_;
+    if (reason == "cancelled") ++metrics_.n_cancelled;
+    metrics_.prompt_tokens += n_prompt_run;
+    metrics_.cached_tokens += sl.n_reused;
+    metrics_.prompt_seconds += prompt_s;
+    metrics_.predicted_tokens += n_predicted;
+    metrics_.predicted_seconds += predicted_s;
+  }
   {
     std::lock_guard lock(t.mutex);
     t.finished = true;
@@ -367,15 +379,6 @@ void scheduler::finish(slot& sl, const std::string& reason, const std::string& e
   sl.t.reset();
   sl.pick.reset();
   sl.last_used = ++clock_;
-  std::unique_lock lock(mutex_, std::defer_lock);
-  if (!mutex_held) lock.lock();
-  --n_active_;
-  if (reason == "cancelled") ++metrics_.n_cancelled;
-  metrics_.prompt_tokens += n_prompt_run;
-  metrics_.cached_tokens += sl.n_reused;
-  metrics_.prompt_seconds += prompt_s;
-  metrics_.predicted_tokens += n_predicted;
-  metrics_.predicted_seconds += predicted_s;
 }
 
 }  // namespace kvgate::serve

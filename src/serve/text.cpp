@@ -21,7 +21,7 @@ size_t utf8_complete_end(std::string_view text, size_t end) {
 size_t find_stop(std::string_view text, const std::vector<std::string>& stop, size_t from) {
   size_t best = std::string_view::npos;
   for (const std::string& s : stop) {
-    const size_t start = from > s.size() ? from - s.size() : 0;
+    const size_t start = from >= s.size() ? from - s.size() + 1 : 0;
     const size_t p = text.find(s, start);
     if (p != std::string_view::npos) best = std::min(best, p);
   }

@@ -11,8 +11,8 @@ namespace kvgate::serve {
 // incomplete lead sequence at the end is held back; invalid bytes pass as they are).
 size_t utf8_complete_end(std::string_view text, size_t end);
 
-// Earliest position of any stop string in text that ends past `from` (a stop that could start
-// before `from` is found too), npos if none.
+// Earliest position of any stop string in text that ends past `from` (one that starts before
+// `from` is found too), npos if none.
 size_t find_stop(std::string_view text, const std::vector<std::string>& stop, size_t from);
 
 // End of the text that can be sent now: before any suffix that is a prefix of a stop string and
