@@ -372,6 +372,33 @@ TEST_F(serve_test, a_continued_conversation_reuses_the_slot_cache) {
   EXPECT_EQ(third.body["timings"]["cache_n"], 0);
 }
 
+TEST_F(serve_test, chat_page_and_kv_strip) {
+  auto page = server_->client().Get("/");
+  ASSERT_TRUE(page);
+  EXPECT_EQ(page->status, 200);
+  EXPECT_NE(page->body.find("kv_strip"), std::string::npos);
+  for (const char* policy : {R"({"name": "full"})", R"({"name": "h2o", "budget": 4, "window": 8})"}) {
+    const json body = {{"messages", {{{"role", "user"}, {"content", k_question}}}}, {"max_tokens", 8}, {"temperature", 0},
+                       {"kv_strip", true}, {"kv_policy", json::parse(policy)}};
+    const reply r = post(*server_, "/v1/chat/completions", body.dump());
+    ASSERT_EQ(r.status, 200) << r.raw;
+    const json& kv = r.body["kv"];
+    const int n_heads = kv["n_heads"];
+    ASSERT_EQ(kv["tokens"].size(), kv["kept_heads"].size());
+    EXPECT_EQ(static_cast<int>(kv["tokens"].size()), kv["n_past"].get<int>());
+    int64_t kept = 0;
+    for (const json& k : kv["kept_heads"]) {
+      EXPECT_GE(k.get<int>(), 0);
+      EXPECT_LE(k.get<int>(), n_heads);
+      kept += k.get<int>();
+    }
+    // The strip sums to the live slots the response reports.
+    EXPECT_EQ(kept, kv["slots_kept"].get<int64_t>()) << policy;
+    if (json::parse(policy)["name"] == "full") EXPECT_EQ(kept, static_cast<int64_t>(n_heads) * kv["n_past"].get<int>());
+    else EXPECT_LT(kept, static_cast<int64_t>(n_heads) * kv["n_past"].get<int>());
+  }
+}
+
 TEST_F(serve_test, a_client_that_disconnects_frees_its_slot) {
   auto metric = [&](const std::string& name) {
     auto r = server_->client().Get("/metrics");

@@ -233,6 +233,7 @@ completion_request parse_completion(const json& body, bool chat, const tokenizer
     if (!v->is_object()) bad_request("'stream_options' must be an object");
     if (const json* u = find(*v, "include_usage")) r.include_usage = as_bool(*u, "stream_options.include_usage");
   }
+  if (const json* v = find(body, "kv_strip")) r.kv_strip = as_bool(*v, "kv_strip");
   r.policy = parse_kv_policy(find(body, "kv_policy"), limits);
   // The random policy follows the request's seed unless kv_policy gives its own.
   return r;

@@ -66,6 +66,7 @@ struct completion_request {
   std::vector<std::string> stop;    // stop strings (not part of the reply)
   bool stream = false;
   bool include_usage = false;       // stream_options.include_usage
+  bool kv_strip = false;            // kv_strip: add each cached token and the heads holding it (chat page)
   request_policy policy;
 };
 

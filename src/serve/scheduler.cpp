@@ -348,6 +348,25 @@ void scheduler::finish(slot& sl, const std::string& reason, const std::string& e
              {"bytes_full", n_full * kv_cache::bytes_per_slot(mc.d_head)},
              {"n_past", sl.s->n_past()},
              {"evicted", sl.runner->stats().n_evicted - sl.n_evicted_before}};
+  if (t.req.kv_strip) {
+    // The conversation's tokens in this slot and, for each, how many heads still hold it.
+    std::vector<int> kept(sl.cached.size(), 0);
+    for (int il = 0; il < mc.n_layer; ++il) {
+      for (int ih = 0; ih < mc.n_kv_head; ++ih) {
+        const kv_head& h = cache.head(il, ih);
+        for (size_t j = 0; j < h.n_slots(); ++j) {
+          const bool live = h.masked.empty() || !h.masked[j];
+          if (live && h.pos[j] >= 0 && static_cast<size_t>(h.pos[j]) < kept.size()) ++kept[h.pos[j]];
+        }
+      }
+    }
+    std::vector<std::string> pieces;
+    pieces.reserve(sl.cached.size());
+    for (int32_t id : sl.cached) pieces.push_back(model_.vocab().token_bytes(id));
+    f["kv"]["n_heads"] = mc.n_layer * mc.n_kv_head;
+    f["kv"]["tokens"] = pieces;
+    f["kv"]["kept_heads"] = kept;
+  }
   f["slot_id"] = sl.id;
   f["kv_policy"] = t.req.policy.json;
 

@@ -10,6 +10,7 @@
 
 #include "common/error.h"
 #include "serve/metrics.h"
+#include "serve/page.h"
 
 namespace kvgate::serve {
 
@@ -212,6 +213,10 @@ void server::routes() {
   auto require_ready = [this] {
     if (!ready()) throw api_error(503, "unavailable_error", stopping_ ? "the server is shutting down" : "loading model");
   };
+
+  h.Get("/", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content(chat_page_html(), "text/html; charset=utf-8");
+  });
 
   h.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
     if (!ready()) {
