@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 packages=(g++ cmake ninja-build pkg-config python3 python3-pip
   libopenblas-dev libpcre2-dev nlohmann-json3-dev libcli11-dev libfmt-dev
-  libgtest-dev libgmock-dev libbenchmark-dev gnuplot-nox python3.11-doc git-doc)
+  libgtest-dev libgmock-dev libbenchmark-dev libcpp-httplib-dev python3-venv gnuplot-nox python3.11-doc git-doc)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

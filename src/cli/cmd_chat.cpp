@@ -20,7 +20,7 @@
 #include <vector>
 
 #include "cli/common.h"
-#include "cli/decode_loop.h"
+#include "model/decode_loop.h"
 #include "cli/policy_options.h"
 #include "common/error.h"
 #include "model/model.h"

@@ -9,7 +9,7 @@
 #include <filesystem>
 
 #include "cli/common.h"
-#include "cli/decode_loop.h"
+#include "model/decode_loop.h"
 #include "cli/policy_options.h"
 #include "common/error.h"
 #include "common/files.h"

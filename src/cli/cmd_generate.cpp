@@ -4,7 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
-#include "cli/decode_loop.h"
+#include "model/decode_loop.h"
 #include "cli/policy_options.h"
 #include "common/error.h"
 #include "common/files.h"

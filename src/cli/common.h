@@ -46,5 +46,6 @@ void register_eval(CLI::App& app);
 void register_chat(CLI::App& app);
 void register_demo(CLI::App& app);
 void register_bench(CLI::App& app);
+void register_serve(CLI::App& app);
 
 }  // namespace kvgate::cli

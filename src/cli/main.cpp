@@ -47,6 +47,7 @@ int main(int argc, char** argv) {
   kvgate::cli::register_chat(app);
   kvgate::cli::register_demo(app);
   kvgate::cli::register_bench(app);
+  kvgate::cli::register_serve(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,403 @@
+#include "serve/scheduler.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+
+#include "model/decode_loop.h"
+#include "serve/text.h"
+
+namespace kvgate::serve {
+
+namespace {
+using steady = std::chrono::steady_clock;
+double since(steady::time_point t0, steady::time_point t1) { return std::chrono::duration<double>(t1 - t0).count(); }
+}  // namespace
+
+bool task::wait_text(std::string* out, bool* done, int timeout_ms) {
+  std::unique_lock lock(mutex);
+  cv.wait_for(lock, std::chrono::milliseconds(timeout_ms), [&] { return finished || !text.empty(); });
+  out->swap(text);
+  text.clear();
+  *done = finished;
+  return !out->empty() || finished;
+}
+
+struct scheduler::slot {
+  int id = 0;
+  std::unique_ptr<session> s;
+  std::unique_ptr<policy_runner> runner;
+  std::string policy_key;         // policy of the tokens in the cache
+  std::vector<int32_t> cached;    // [n_past] tokens stepped into s
+  uint64_t last_used = 0;
+
+  // The active request (t null when idle).
+  std::shared_ptr<task> t;
+  size_t n_prompt_done = 0;       // prompt tokens in the cache
+  int n_reused = 0;               // of which were already there
+  size_t reserved = 0;            // KV bytes reserved
+  size_t bytes_per_position = 0;  // this policy's bound per position (pre-RoPE keys included)
+  std::vector<float> logits;      // [n_vocab] of the last stepped token
+  std::unique_ptr<sampler> pick;
+  decode_cursor cursor;
+  std::string generated;          // reply bytes so far
+  size_t emitted = 0;             // of which handed to the task
+  steady::time_point t_start, t_prompt;
+  int64_t n_evicted_before = 0;
+};
+
+scheduler::scheduler(const model& m, std::shared_ptr<const gate_bank> gates, scheduler_options options)
+    : model_(m), gates_(std::move(gates)), options_(options) {
+  const model_config& c = m.config();
+  bytes_per_position_ = static_cast<size_t>(c.n_layer) * c.n_kv_head * kv_cache::bytes_per_slot(c.d_head);
+  for (int i = 0; i < options_.n_parallel; ++i) {
+    auto sl = std::make_unique<slot>();
+    sl->id = i;
+    sl->s = std::make_unique<session>(m, session_options{.n_ctx = options_.n_ctx, .n_batch = options_.n_batch});
+    slots_.push_back(std::move(sl));
+  }
+  options_.n_ctx = slots_.empty() ? options_.n_ctx : slots_[0]->s->n_ctx();
+  metrics_.kv_capacity = options_.kv_memory_bytes ? options_.kv_memory_bytes
+                                                  : bytes_per_position_ * options_.n_ctx * options_.n_parallel;
+  thread_ = std::thread([this] { run(); });
+}
+
+scheduler::~scheduler() { shutdown(); }
+
+void scheduler::shutdown() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+size_t scheduler::reservation(const completion_request& req) const {
+  const policy_config& c = req.policy.config;
+  const model_config& mc = model_.config();
+  size_t per_position = bytes_per_position_;
+  if (c.kind == policy_kind::learned) per_position += static_cast<size_t>(mc.n_layer) * mc.n_kv_head * mc.d_head * sizeof(float);
+  size_t n = req.prompt.size() + static_cast<size_t>(req.n_predict);
+  if (c.mode == select_mode::budget) {
+    n = std::min(n, static_cast<size_t>(c.sinks + c.window + c.budget + options_.n_batch));
+  }
+  return n * per_position;
+}
+
+void scheduler::submit(const std::shared_ptr<task>& t) {
+  const size_t need = reservation(t->req);
+  std::lock_guard lock(mutex_);
+  if (stopping_) throw api_error(503, "unavailable_error", "the server is shutting down");
+  if (options_.kv_memory_bytes && need > options_.kv_memory_bytes) {
+    ++metrics_.n_rejected_full;
+    throw api_error(503, "unavailable_error",
+                    fmt::format("the request may need {} KV bytes, more than --kv-memory ({} bytes); use fewer "
+                                "tokens or an evicting kv_policy", need, options_.kv_memory_bytes));
+  }
+  // The queue holds what waits beyond the free slots.
+  if (static_cast<int>(queue_.size()) >= options_.n_queue + options_.n_parallel - n_active_) {
+    ++metrics_.n_rejected_full;
+    throw api_error(429, "unavailable_error", "too many requests waiting; retry later");
+  }
+  queue_.push_back(t);
+  metrics_.n_deferred = static_cast<int64_t>(queue_.size());
+  ++metrics_.n_requests;
+  ++metrics_.requests_by_policy[t->req.policy.json["name"].get<std::string>()];
+  cv_.notify_all();
+}
+
+metrics_snapshot scheduler::metrics() const {
+  std::lock_guard lock(mutex_);
+  return metrics_;
+}
+
+// Admits the queue's head while a slot is free and the pool has room. Returns true if any.
+bool scheduler::admit_locked() {
+  bool any = false;
+  while (!queue_.empty()) {
+    std::shared_ptr<task> t = queue_.front();
+    if (t->cancelled) {
+      queue_.pop_front();
+      std::lock_guard tl(t->mutex);
+      t->finished = true;
+      t->finish_reason = "cancelled";
+      t->cv.notify_all();
+      ++metrics_.n_cancelled;
+      continue;
+    }
+    const std::vector<int32_t>& prompt = t->req.prompt;
+    // Longest cached prefix under the same policy, else the least recently used free slot.
+    slot* best = nullptr;
+    bool reuse = false;
+    for (auto& sp : slots_) {
+      slot& sl = *sp;
+      if (sl.t) continue;
+      const bool prefix = sl.policy_key == t->req.policy.key && !sl.cached.empty() && sl.cached.size() < prompt.size() &&
+                          std::equal(sl.cached.begin(), sl.cached.end(), prompt.begin());
+      if (prefix && (!reuse || sl.cached.size() > best->cached.size())) {
+        best = &sl;
+        reuse = true;
+      } else if (!reuse && (!best || sl.last_used < best->last_used)) {
+        best = &sl;
+      }
+    }
+    if (!best) break;
+    const size_t need = reservation(t->req);
+    if (options_.kv_memory_bytes) {
+      auto used = [&] {
+        size_t u = 0;
+        for (auto& sp : slots_) {
+          if (sp->t) u += sp->reserved;
+          else if (sp.get() != best) u += sp->s->cache().bytes_total();
+        }
+        return u;
+      };
+      // Drop idle caches, least recently used first, until the request fits.
+      while (used() + need > options_.kv_memory_bytes) {
+        slot* victim = nullptr;
+        for (auto& sp : slots_) {
+          if (!sp->t && sp.get() != best && !sp->cached.empty() && (!victim || sp->last_used < victim->last_used)) victim = sp.get();
+        }
+        if (!victim) break;
+        victim->s->reset();
+        victim->cached.clear();
+      }
+      if (used() + need > options_.kv_memory_bytes) break;  // waits for running slots to finish
+    }
+    queue_.pop_front();
+    ++n_active_;
+    slot& sl = *best;
+    sl.t = t;
+    sl.reserved = need;
+    sl.bytes_per_position = need / std::max<size_t>(1, prompt.size() + t->req.n_predict);
+    sl.last_used = ++clock_;
+    if (reuse) {
+      sl.n_prompt_done = sl.cached.size();
+    } else {
+      sl.s->reset();
+      sl.cached.clear();
+      sl.runner = make_policy(t->req.policy.config, model_.config(), gates_);
+      sl.runner->attach(*sl.s);
+      sl.policy_key = t->req.policy.key;
+      sl.n_prompt_done = 0;
+    }
+    sl.n_reused = static_cast<int>(sl.n_prompt_done);
+    sl.pick = std::make_unique<sampler>(t->req.sampling);
+    sl.cursor = decode_cursor{};
+    sl.cursor.limits.n_predict = t->req.n_predict;
+    sl.generated.clear();
+    sl.emitted = 0;
+    sl.t_start = steady::now();
+    sl.n_evicted_before = sl.runner->stats().n_evicted;
+    any = true;
+  }
+  metrics_.n_deferred = static_cast<int64_t>(queue_.size());
+  return any;
+}
+
+void scheduler::run() {
+  while (true) {
+    {
+      std::unique_lock lock(mutex_);
+      if (stopping_) break;
+      admit_locked();
+      const bool active = std::any_of(slots_.begin(), slots_.end(), [](auto& sp) { return sp->t != nullptr; });
+      if (!active) {
+        cv_.wait_for(lock, std::chrono::milliseconds(500));
+        continue;
+      }
+    }
+    for (auto& sp : slots_) {
+      if (sp->t) step_slot(*sp);
+    }
+    std::lock_guard lock(mutex_);
+    size_t bytes = 0, reserved = 0;
+    int64_t n_active = 0;
+    nlohmann::json slots = nlohmann::json::array();
+    for (auto& sp : slots_) {
+      bytes += sp->s->cache().bytes_total();
+      if (sp->t) {
+        reserved += sp->reserved;
+        ++n_active;
+      }
+      slots.push_back({{"id", sp->id},
+                       {"is_processing", sp->t != nullptr},
+                       {"n_ctx", sp->s->n_ctx()},
+                       {"n_past", sp->s->n_past()},
+                       {"kv_bytes", sp->s->cache().bytes_total()},
+                       {"kv_policy", sp->policy_key.empty() ? nlohmann::json() : nlohmann::json::parse(sp->policy_key)}});
+    }
+    metrics_.kv_bytes = bytes;
+    metrics_.kv_reserved = reserved;
+    metrics_.n_processing = n_active;
+    metrics_.slots = std::move(slots);
+  }
+  // Shutdown: every queued and running task ends as cancelled.
+  std::lock_guard lock(mutex_);
+  for (auto& sp : slots_) {
+    if (sp->t) finish(*sp, "cancelled", {}, /*mutex_held=*/true);
+  }
+  for (auto& t : queue_) {
+    std::lock_guard tl(t->mutex);
+    t->finished = true;
+    t->finish_reason = "cancelled";
+    t->cv.notify_all();
+  }
+  queue_.clear();
+}
+
+void scheduler::step_slot(slot& sl) {
+  task& t = *sl.t;
+  if (t.cancelled) {
+    finish(sl, "cancelled");
+    return;
+  }
+  const std::vector<int32_t>& prompt = t.req.prompt;
+  session& s = *sl.s;
+  try {
+    if (sl.n_prompt_done < prompt.size()) {
+      // One prefill chunk per round, so that a long prompt does not stall the other slots.
+      const size_t n = std::min(prompt.size() - sl.n_prompt_done, static_cast<size_t>(options_.n_batch));
+      const std::span<const int32_t> chunk(prompt.data() + sl.n_prompt_done, n);
+      const bool last = sl.n_prompt_done + n == prompt.size();
+      auto out = s.step(chunk, last ? logits_mode::last : logits_mode::none);
+      sl.cached.insert(sl.cached.end(), chunk.begin(), chunk.end());
+      sl.n_prompt_done += n;
+      if (last) {
+        sl.logits.assign(out.begin(), out.end());
+        sl.t_prompt = steady::now();
+      }
+    } else {
+      int32_t id = 0;
+      const decode_event e = decode_next(sl.cursor, *sl.pick, sl.logits, model_.vocab(), s.n_past(), s.n_ctx(), &id);
+      if (e != decode_event::end) sl.generated += model_.vocab().token_bytes(id);
+      // A stop string ends the reply; the text before it is the reply.
+      const size_t stop_at = find_stop(sl.generated, t.req.stop, sl.emitted);
+      if (stop_at != std::string::npos) {
+        sl.generated.resize(stop_at);
+        emit(sl, true);
+        finish(sl, "stop");
+        return;
+      }
+      if (e == decode_event::step) {
+        auto out = s.step(std::span<const int32_t>(&id, 1), logits_mode::last);
+        sl.logits.assign(out.begin(), out.end());
+        sl.cached.push_back(id);
+        sl.cursor.result.last_pending = false;
+        emit(sl, false);
+      } else {
+        emit(sl, true);
+        finish(sl, sl.cursor.result.stop == "eos" ? "stop" : "length");
+        return;
+      }
+    }
+    // A threshold-mode or full reservation shrinks to what is held plus what may still come.
+    if (options_.kv_memory_bytes && t.req.policy.config.mode != select_mode::budget) {
+      const size_t to_come = (prompt.size() - sl.n_prompt_done) + (t.req.n_predict - sl.cursor.result.ids.size());
+      const size_t bound = s.cache().bytes_total() + to_come * sl.bytes_per_position;
+      sl.reserved = std::min(sl.reserved, bound);
+    }
+  } catch (const std::exception& e) {
+    finish(sl, "error", e.what());
+  }
+}
+
+// Hands the reply text that is safe to show to the task: whole UTF-8 characters, and nothing
+// that might be the start of a stop string (unless final).
+void scheduler::emit(slot& sl, bool final) {
+  size_t end = sl.generated.size();
+  if (!final) end = safe_text_end(sl.generated, sl.emitted, sl.t->req.stop);
+  if (end <= sl.emitted) return;
+  std::lock_guard lock(sl.t->mutex);
+  sl.t->text.append(sl.generated, sl.emitted, end - sl.emitted);
+  sl.emitted = end;
+  sl.t->cv.notify_all();
+}
+
+void scheduler::finish(slot& sl, const std::string& reason, const std::string& error, bool mutex_held) {
+  task& t = *sl.t;
+  const auto now = steady::now();
+  const int n_prompt = static_cast<int>(t.req.prompt.size());
+  const int n_prompt_run = n_prompt - sl.n_reused;
+  const bool prompt_done = sl.n_prompt_done == t.req.prompt.size();
+  const double prompt_s = prompt_done ? since(sl.t_start, sl.t_prompt) : since(sl.t_start, now);
+  const int n_predicted = static_cast<int>(sl.cursor.result.ids.size());
+  const double predicted_s = prompt_done ? since(sl.t_prompt, now) : 0.0;
+  const kv_cache& cache = sl.s->cache();
+  const model_config& mc = model_.config();
+  const size_t n_full = static_cast<size_t>(mc.n_layer) * mc.n_kv_head * std::max(1, sl.s->n_past());
+
+  nlohmann::ordered_json f;
+  f["usage"] = {{"prompt_tokens", n_prompt}, {"completion_tokens", n_predicted}, {"total_tokens", n_prompt + n_predicted},
+                {"prompt_tokens_details", {{"cached_tokens", sl.n_reused}}}};
+  f["timings"] = {{"cache_n", sl.n_reused},
+                  {"prompt_n", n_prompt_run},
+                  {"prompt_ms", prompt_s * 1e3},
+                  {"prompt_per_token_ms", n_prompt_run ? prompt_s * 1e3 / n_prompt_run : 0.0},
+                  {"prompt_per_second", prompt_s > 0 ? n_prompt_run / prompt_s : 0.0},
+                  {"predicted_n", n_predicted},
+                  {"predicted_ms", predicted_s * 1e3},
+                  {"predicted_per_token_ms", n_predicted ? predicted_s * 1e3 / n_predicted : 0.0},
+                  {"predicted_per_second", predicted_s > 0 ? n_predicted / predicted_s : 0.0}};
+  f["kv"] = {{"slots_kept", cache.n_live_total()},
+             {"slots_full", n_full},
+             {"share_kept", static_cast<double>(cache.n_live_total()) / n_full},
+             {"bytes", cache.bytes_total()},
+             {"bytes_full", n_full * kv_cache::bytes_per_slot(mc.d_head)},
+             {"n_past", sl.s->n_past()},
+             {"evicted", sl.runner->stats().n_evicted - sl.n_evicted_before}};
+  if (t.req.kv_strip) {
+    // The conversation's tokens in this slot and, for each, how many heads still hold it.
+    std::vector<int> kept(sl.cached.size(), 0);
+    for (int il = 0; il < mc.n_layer; ++il) {
+      for (int ih = 0; ih < mc.n_kv_head; ++ih) {
+        const kv_head& h = cache.head(il, ih);
+        for (size_t j = 0; j < h.n_slots(); ++j) {
+          const bool live = h.masked.empty() || !h.masked[j];
+          if (live && h.pos[j] >= 0 && static_cast<size_t>(h.pos[j]) < kept.size()) ++kept[h.pos[j]];
+        }
+      }
+    }
+    std::vector<std::string> pieces;
+    pieces.reserve(sl.cached.size());
+    for (int32_t id : sl.cached) pieces.push_back(model_.vocab().token_bytes(id));
+    f["kv"]["n_heads"] = mc.n_layer * mc.n_kv_head;
+    f["kv"]["tokens"] = pieces;
+    f["kv"]["kept_heads"] = kept;
+  }
+  f["slot_id"] = sl.id;
+  f["kv_policy"] = t.req.policy.json;
+
+  // The slot counts as free before the client hears the end, so its next request finds it free.
+  {
+    std::unique_lock lock(mutex_, std::defer_lock);
+    if (!mutex_held) lock.lock();
+    --n_active_;
+    if (reason == "cancelled") ++metrics_.n_cancelled;
+    metrics_.prompt_tokens += n_prompt_run;
+    metrics_.cached_tokens += sl.n_reused;
+    metrics_.prompt_seconds += prompt_s;
+    metrics_.predicted_tokens += n_predicted;
+    metrics_.predicted_seconds += predicted_s;
+  }
+  {
+    std::lock_guard lock(t.mutex);
+    t.finished = true;
+    t.finish_reason = reason;
+    t.error = error;
+    t.figures = std::move(f);
+    t.cv.notify_all();
+  }
+  if (reason == "error") {
+    // A failed step leaves the cache unknown: start the slot over next time.
+    sl.s->reset();
+    sl.cached.clear();
+  }
+  sl.t.reset();
+  sl.pick.reset();
+  sl.last_used = ++clock_;
+}
+
+}  // namespace kvgate::serve
