@@ -105,7 +105,7 @@ TEST(bench, end_to_end_figures_agree_with_perplexity_and_the_budgets) {
   const std::string common = " --model " + test::default_model_path() + " --threads 2";
   const run_result r = run("bench" + common + " --corpus " + corpus + " --out " + out +
                            " --ctx 256 --batch 32 --windows 1 --window 32 --shares 0.5 --baselines streaming,h2o "
-                           "--needle-cases 2 --matched-share 0.5");
+                           "--needle-cases 2 --matched-share 0.5 --retrieval-ctx 512 --retrieval-cases 1 --tasks niah_single");
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_NE(r.out.find("index.html"), std::string::npos) << r.out;
   for (const char* f : {"report.json", "quality.csv", "needle.csv", "needle_cases.csv", "index.html", "quality_vs_kv.png",
@@ -143,6 +143,12 @@ TEST(bench, end_to_end_figures_agree_with_perplexity_and_the_budgets) {
     EXPECT_EQ(rows[i]["needle"]["n_cases"], 2) << policy;
   }
   EXPECT_EQ(rows[0]["needle"]["n_cases"], 2);
+  // The retrieval suite where the needle pass ran: the full cache and each policy at its share.
+  const auto& runs = report["retrieval"]["runs"];
+  ASSERT_EQ(runs.size(), 3u);
+  EXPECT_EQ(runs[0]["curve"], "full");
+  for (int i = 1; i < 3; ++i) EXPECT_NEAR(runs[i]["kv_share_final"].get<double>(), 0.5, 0.05) << runs[i]["curve"];
+  EXPECT_TRUE(fs::exists(out + "/retrieval.png"));
 }
 
 TEST(bench, bad_options_fail_with_a_message) {

@@ -15,6 +15,7 @@
 #include "data/collect.h"
 #include "data/corpus.h"
 #include "data/dataset.h"
+#include "data/label_sources.h"
 #include "data/labeler.h"
 #include "gguf/gguf.h"
 #include "kv/cache.h"
@@ -638,6 +639,212 @@ TEST(collect, errors_for_empty_corpus_and_documents_too_short) {
   collect_options bad = tiny_options(short_docs, out);
   bad.ctx = 50;  // shorter than window + 64
   EXPECT_NE(error_of([&] { collect(*m, bad); }).find("--ctx"), std::string::npos);
+}
+
+
+// ---- other label sources ----
+
+const std::string& long_tiny_model_path() {
+  static const std::string path = [] {
+    const std::string p = test::temp_dir() + "/tiny_llama_long.gguf";
+    test::tiny_spec spec;
+    spec.n_ctx = 1024;
+    test::write_tiny_model(p, spec);
+    return p;
+  }();
+  return path;
+}
+
+// copy(j) and answer(j) written out from the full matrices: the max over the group's query heads
+// and the region's queries; the future label of the context alone.
+float brute_region_max(const capture_observer& cap, int il, int ih, int j, int begin, int end) {
+  const int n_group = cap.n_head / cap.n_kv_head;
+  float m = 0.0f;
+  for (int g = ih * n_group; g < (ih + 1) * n_group; ++g)
+    for (int i = begin; i < end; ++i) m = std::max(m, cap.attn[il][g][static_cast<size_t>(i) * cap.T + j]);
+  return m;
+}
+
+float brute_future(const capture_observer& cap, int il, int ih, int j, int n_context, const label_params& p) {
+  return brute_region_max(cap, il, ih, j, j + p.window + 1, std::min(n_context, j + p.window + p.horizon + 1));
+}
+
+TEST(labeler, copy_and_answer_scores_equal_brute_force_for_any_chunking) {
+  auto m = model::load(long_tiny_model_path());
+  const model_config& c = m->config();
+  // context 70 | answer 9 | instruction 5 | copy of the context 70
+  std::vector<int32_t> tokens = random_tokens(84, 21);
+  tokens.insert(tokens.end(), tokens.begin(), tokens.begin() + 70);
+  const int T = static_cast<int>(tokens.size());
+  const label_regions regions = {.n_context = 70, .copy_begin = 84, .copy_end = T, .answer_begin = 70, .answer_end = 79};
+  label_params p;
+  p.sinks = 2;
+  p.window = 6;
+  p.horizon = 12;
+  p.tau = 0.1f;
+  for (int n_batch : {T, 16, 1}) {
+    session s(*m, {.n_ctx = T, .n_batch = n_batch});
+    labeler lab(c.n_layer, c.n_head, c.n_kv_head, c.d_head, p);
+    capture_observer cap(c.n_layer, c.n_head, c.n_kv_head, c.d_head, T);
+    tee_observer tee(lab, cap);
+    s.set_observer(&tee);
+    lab.begin(T, regions);
+    s.prefill(tokens);
+    ASSERT_TRUE(lab.complete());
+    const label_mix all{true, true, true};
+    EXPECT_EQ(all.range(lab).first, 2);
+    EXPECT_EQ(all.range(lab).end, 70);
+    EXPECT_EQ(label_mix{}.range(lab).end, 70 - 1 - 6);  // future alone: labelled_range of the context
+    int n_copy_above = 0;
+    for (int il = 0; il < c.n_layer; ++il) {
+      for (int ih = 0; ih < c.n_kv_head; ++ih) {
+        const int head = il * c.n_kv_head + ih;
+        for (int j = 2; j < 70; ++j) {
+          const float copy = brute_region_max(cap, il, ih, j, 84, T);
+          const float answer = brute_region_max(cap, il, ih, j, 70, 79);
+          const float future = brute_future(cap, il, ih, j, 70, p);
+          ASSERT_EQ(lab.max_copy(head, j), copy) << head << " " << j;
+          ASSERT_EQ(lab.max_answer(head, j), answer) << head << " " << j;
+          ASSERT_EQ(lab.max_future(head, j), future) << head << " " << j;
+          ASSERT_EQ(all.score(lab, head, j), std::max({copy, answer, future}));
+          ASSERT_EQ((label_mix{false, true, false}.score(lab, head, j)), copy);
+          n_copy_above += copy > future;
+        }
+      }
+    }
+    EXPECT_GT(n_copy_above, 0);  // the sources differ
+  }
+  labeler lab(c.n_layer, c.n_head, c.n_kv_head, c.d_head, p);
+  EXPECT_THROW(lab.begin(T, {.n_context = 70, .copy_begin = 60, .copy_end = 80}), error);  // a query inside the context
+}
+
+TEST(label_sources, lists_parse_in_canonical_order_and_unknown_names_are_errors) {
+  EXPECT_EQ(parse_label_sources("future"), std::vector<std::string>{"future"});
+  EXPECT_EQ(parse_label_sources("answer,future,answer"), (std::vector<std::string>{"future", "answer"}));
+  EXPECT_EQ(parse_label_sources("reconstruct,answer"), (std::vector<std::string>{"reconstruct", "answer"}));
+  EXPECT_NE(error_of([] { parse_label_sources("future,kvzip"); }).find("unknown label source 'kvzip'"), std::string::npos);
+  EXPECT_NE(error_of([] { parse_label_sources(""); }).find("unknown label source ''"), std::string::npos);
+}
+
+TEST(label_sources, answer_documents_hold_each_fact_once_and_the_answer_states_one) {
+  const std::string text = text_of(3000, 9);
+  for (uint64_t seed = 0; seed < 50; ++seed) {
+    const answer_document d = make_answer_document(text, seed);
+    EXPECT_EQ(d, make_answer_document(text, seed)) << seed;
+    ASSERT_GE(d.facts.size(), 1u);
+    ASSERT_LE(d.facts.size(), 4u);
+    std::string stripped = d.context;
+    for (const std::string& f : d.facts) {
+      const size_t at = stripped.find(f + "\n");
+      ASSERT_NE(at, std::string::npos) << f;
+      EXPECT_TRUE(at == 0 || stripped[at - 1] == '\n');
+      stripped.erase(at, f.size() + 1);
+    }
+    EXPECT_EQ(stripped, text);  // nothing else changed
+    // The answer's value ends it and sits in exactly one fact; no suite wording.
+    const std::string value = d.answer.substr(d.answer.rfind(' ') + 1, d.answer.size() - d.answer.rfind(' ') - 2);
+    int holding = 0;
+    for (const std::string& f : d.facts) holding += f.find(value) != std::string::npos;
+    EXPECT_GE(holding, 1) << d.answer;
+    EXPECT_EQ(d.question.find("magic"), std::string::npos);
+    EXPECT_EQ(d.context.find("VAR "), std::string::npos);
+  }
+}
+
+// With --labels future,reconstruct and every negative stored, each example's score is the max of
+// the brute-force future label and copy score over the run document + instruction + document.
+TEST(collect, reconstruct_scores_equal_brute_force_over_the_copy_run) {
+  const std::string corpus = make_corpus(), out = test::temp_dir() + "/rec";
+  collect_options o = tiny_options(corpus, out);
+  o.model_path = long_tiny_model_path();
+  o.negative_keep = 1.0f;
+  o.label_sources = {"future", "reconstruct"};
+  auto m = model::load(o.model_path);
+  const auto summary = collect(*m, o);
+  EXPECT_TRUE(summary["run"]["positive_rate_by_source"].contains("reconstruct"));
+  const dataset d = dataset::load(out);
+  EXPECT_EQ(d.manifest.label_sources, o.label_sources);
+
+  const model_config& c = m->config();
+  corpus_listing listing = list_corpus({corpus});
+  shuffle_files(listing, o.seed);
+  corpus_reader reader(listing, m->vocab(), o.ctx, o.label.window + 64);
+  const std::vector<int32_t> instruction = m->vocab().encode(k_repeat_instruction, false);
+  corpus_document doc;
+  int64_t n_docs = 0;
+  std::vector<size_t> next(c.n_heads_total(), 0);
+  int n_checked = 0, n_copy_wins = 0;
+  while (reader.next(doc)) {
+    const int n = static_cast<int>(doc.tokens.size());
+    std::vector<int32_t> run = doc.tokens;
+    run.insert(run.end(), instruction.begin(), instruction.end());
+    run.insert(run.end(), doc.tokens.begin(), doc.tokens.end());
+    const int T = static_cast<int>(run.size());
+    session s(*m, {.n_ctx = T, .n_batch = o.n_batch});
+    capture_observer cap(c.n_layer, c.n_head, c.n_kv_head, c.d_head, T);
+    s.set_observer(&cap);
+    s.prefill(run);
+    for (int il = 0; il < c.n_layer; ++il) {
+      for (int ih = 0; ih < c.n_kv_head; ++ih) {
+        const int head = il * c.n_kv_head + ih;
+        const head_examples& e = d.heads[head];
+        for (int j = o.label.sinks; j < n; ++j) {  // every context token past the sinks
+          const size_t row = next[head]++;
+          ASSERT_LT(row, e.size());
+          ASSERT_EQ(e.doc[row], n_docs);
+          ASSERT_EQ(e.pos[row], j);
+          const float future = brute_future(cap, il, ih, j, n, o.label);
+          const float copy = brute_region_max(cap, il, ih, j, T - n, T);
+          ASSERT_EQ(e.score[row], std::max(future, copy)) << head << " " << j;
+          ASSERT_EQ(e.label[row], e.score[row] >= o.label.tau ? 1 : 0);
+          ++n_checked;
+          n_copy_wins += copy > future;
+        }
+      }
+    }
+    ++n_docs;
+  }
+  for (size_t h = 0; h < next.size(); ++h) EXPECT_EQ(next[h], d.heads[h].size());
+  EXPECT_GT(n_checked, 0);
+  EXPECT_GT(n_copy_wins, 0);
+
+  // A resume with another list is refused, naming it.
+  collect_options other = o;
+  other.label_sources = {"future"};
+  const std::string msg = error_of([&] { collect(*m, other); });
+  EXPECT_NE(msg.find("label_sources"), std::string::npos) << msg;
+}
+
+TEST(collect, answer_documents_label_every_context_token_with_the_answer_score) {
+  const std::string corpus = make_corpus(), out = test::temp_dir() + "/ans";
+  collect_options o = tiny_options(corpus, out);
+  o.model_path = long_tiny_model_path();
+  o.negative_keep = 1.0f;
+  o.label_sources = {"answer"};
+  o.chat_share = 0.5f;
+  o.ctx = 512;
+  auto m = model::load(o.model_path);
+  collect(*m, o);
+  const dataset d = dataset::load(out);
+  int64_t n_pos = 0, n = 0;
+  for (const head_examples& e : d.heads) {
+    ASSERT_EQ(e.score.size(), e.size());
+    for (size_t i = 0; i < e.size(); ++i) {
+      ASSERT_GE(e.score[i], 0.0f);
+      ASSERT_LE(e.score[i], 1.0f);
+      ASSERT_EQ(e.label[i], e.score[i] >= o.label.tau ? 1 : 0);
+      n_pos += e.label[i];
+      ++n;
+    }
+  }
+  EXPECT_EQ(n, d.manifest.n_labelled());  // every example stored
+  EXPECT_GT(n_pos, 0);
+  EXPECT_LT(n_pos, n);
+
+  collect_options small = o;
+  small.ctx = 80;
+  small.out_dir = test::temp_dir() + "/ans_small";
+  EXPECT_NE(error_of([&] { collect(*m, small); }).find("do not fit --ctx 80"), std::string::npos);
 }
 
 }  // namespace

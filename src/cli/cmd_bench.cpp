@@ -13,6 +13,7 @@
 #include "eval/bench.h"
 #include "eval/bench_report.h"
 #include "eval/plots.h"
+#include "eval/retrieval.h"
 #include "model/model.h"
 
 namespace kvgate::cli {
@@ -26,6 +27,7 @@ void register_bench(CLI::App& app) {
     std::vector<std::string> corpus = {k_default_heldout_corpus};
     eval::bench_options bench;
     bool no_plots = false;
+    std::string suite = "all";
   };
   auto o = std::make_shared<opts>();
   add_model_options(*sub, *o);
@@ -49,11 +51,27 @@ void register_bench(CLI::App& app) {
       ->check(CLI::Range(0, 100000));
   sub->add_option("--needle-ctx", o->bench.needle_ctx, "tokens per needle prompt (default: --ctx)")
       ->check(CLI::Range(0, 1 << 20));
+  sub->add_option("--suite", o->suite,
+                  "all (quality, needle, retrieval at the matched share), quality (quality and needle) or retrieval "
+                  "(the retrieval suite alone, every budget share and per-head threshold)");
+  sub->add_option("--tasks", o->bench.retrieval_tasks,
+                  "retrieval tasks (niah_single niah_multikey niah_multivalue variable_tracking)")->delimiter(',');
+  sub->add_option("--retrieval-cases", o->bench.retrieval_cases, "retrieval cases per task (0 = no retrieval suite)")
+      ->check(CLI::Range(0, 100000));
+  sub->add_option("--retrieval-ctx", o->bench.retrieval_ctx, "tokens per retrieval prompt and answer (default: --ctx)")
+      ->check(CLI::Range(0, 1 << 20));
   sub->add_option("--seed", o->bench.seed, "seed of file order, needle keys and the random policy");
   sub->add_flag("--no-plots", o->no_plots, "no gnuplot PNGs");
 
   sub->callback([o] {
     const eval::bench_options& b = o->bench;
+    if (o->suite != "all" && o->suite != "quality" && o->suite != "retrieval") {
+      fail("unknown suite '{}' (known: all, quality, retrieval)", o->suite);
+    }
+    const bool run_quality = o->suite != "retrieval";
+    const bool run_retrieval = o->suite != "quality" && b.retrieval_cases > 0;
+    if (o->suite == "retrieval" && b.retrieval_cases == 0) fail("--suite retrieval needs --retrieval-cases > 0");
+    eval::check_retrieval_tasks(b.retrieval_tasks);
     for (const std::string& name : b.baselines) {
       const policy_kind kind = parse_policy_kind(name);
       if (kind == policy_kind::full || kind == policy_kind::learned) {
@@ -86,21 +104,53 @@ void register_bench(CLI::App& app) {
     in.gates_path = o->gates;
     in.corpus = o->corpus;
     in.options = b;
-    const std::vector<eval::bench_config> configs = eval::bench_configs(b, gates ? &gates->meta() : nullptr);
-    in.windows = eval::bench_windows(o->corpus, *m, b.ctx, b.n_windows, b.seed);
+    const std::vector<eval::bench_config> configs =
+        run_quality ? eval::bench_configs(b, gates ? &gates->meta() : nullptr) : std::vector<eval::bench_config>{};
+    if (run_quality) in.windows = eval::bench_windows(o->corpus, *m, b.ctx, b.n_windows, b.seed);
     const int needle_ctx = b.needle_ctx > 0 ? b.needle_ctx : b.ctx;
     if (needle_ctx > mc.n_ctx_train) fail("--needle-ctx {} exceeds the model's context length {}", needle_ctx, mc.n_ctx_train);
     if (needle_ctx < 256) fail("--needle-ctx {} is too short for three keys, a question and filler (at least 256)", needle_ctx);
-    if (b.needle_cases > 0) in.cases = eval::needle_cases(o->corpus, *m, needle_ctx, b.needle_cases, b.seed);
+    if (run_quality && b.needle_cases > 0) in.cases = eval::needle_cases(o->corpus, *m, needle_ctx, b.needle_cases, b.seed);
+    const int retrieval_ctx = b.retrieval_ctx > 0 ? b.retrieval_ctx : b.ctx;
+    if (retrieval_ctx > mc.n_ctx_train) {
+      fail("--retrieval-ctx {} exceeds the model's context length {}", retrieval_ctx, mc.n_ctx_train);
+    }
+    if (run_retrieval) {
+      in.retrieval_cases =
+          eval::retrieval_cases(o->corpus, *m, b.retrieval_tasks, retrieval_ctx, b.retrieval_cases, b.seed);
+    }
 
-    stopwatch clock;
-    // Work units: a quality window of one configuration, or one needle case (about as long).
-    // The needle pass runs one configuration per curve.
+    // The curves in configuration order.
     std::vector<std::string> curves;
     for (const auto& c : configs)
       if (std::find(curves.begin(), curves.end(), c.curve) == curves.end()) curves.push_back(c.curve);
+    // A budget keeps the same share of a needle or retrieval prompt as of the quality window.
+    auto rescaled = [&](eval::bench_config c, int ctx) {
+      if (c.policy.mode == select_mode::budget) {
+        const policy_config& p = c.policy;
+        c.policy.budget = eval::budget_for_share(static_cast<double>(p.sinks + p.window + p.budget) / b.ctx, ctx,
+                                                 p.sinks, p.window);
+        c.knob = c.policy.budget;
+      }
+      return c;
+    };
+    // The retrieval suite alone runs every budget share and the per-head thresholds; inside the
+    // whole bench it runs where the needle pass does.
+    std::vector<eval::bench_config> retrieval_configs;
+    if (run_retrieval && !run_quality) {
+      eval::bench_options rb = b;
+      rb.ctx = retrieval_ctx;
+      for (const eval::bench_config& c : eval::bench_configs(rb, gates ? &gates->meta() : nullptr))
+        if (c.curve != "learned-per-layer" && c.curve != "learned-global") retrieval_configs.push_back(c);
+    }
+
+    stopwatch clock;
+    // Work units: a quality window of one configuration, or one needle or retrieval case (about
+    // as long). The needle and retrieval passes run one configuration per curve.
     const double quality_units = static_cast<double>(in.windows.size()) * (configs.size() + 1);
-    const double total_units = quality_units + static_cast<double>(curves.size()) * in.cases.size();
+    const double total_units =
+        quality_units + static_cast<double>(curves.size()) * (in.cases.size() + in.retrieval_cases.size()) +
+        static_cast<double>(retrieval_configs.size()) * in.retrieval_cases.size();
     double units_before = 0;
     auto progress = [&](const std::string& what, double done, double) {
       const double units = units_before + done;
@@ -110,38 +160,38 @@ void register_bench(CLI::App& app) {
                    what.c_str(), elapsed, eta);
     };
 
-    const std::vector<eval::quality_result> quality =
-        eval::run_quality(*m, gates, configs, in.windows, b.batch, progress);
-    units_before = quality_units;
-    for (size_t i = 0; i < configs.size(); ++i) {
-      eval::bench_row row;
-      row.config = configs[i];
-      row.quality = quality[i];
-      in.rows.push_back(std::move(row));
+    if (run_quality) {
+      const std::vector<eval::quality_result> quality =
+          eval::run_quality(*m, gates, configs, in.windows, b.batch, progress);
+      units_before = quality_units;
+      for (size_t i = 0; i < configs.size(); ++i) {
+        eval::bench_row row;
+        row.config = configs[i];
+        row.quality = quality[i];
+        in.rows.push_back(std::move(row));
+      }
     }
 
-    // Needle: per curve, the configuration whose measured KV share is nearest the matched share
-    // (exact for budgets); a curve that never comes within 0.05 of it is left out.
-    if (!in.cases.empty()) {
-      for (const std::string& curve : curves) {
-        eval::bench_row* best = nullptr;
-        for (eval::bench_row& r : in.rows) {
-          if (r.config.curve != curve) continue;
-          const double d = std::abs(r.quality.share_final - b.matched_share);
-          if (!best || d < std::abs(best->quality.share_final - b.matched_share)) best = &r;
-        }
-        if (curve != "full" && std::abs(best->quality.share_final - b.matched_share) > 0.05) continue;
-        // A budget keeps the same share of the needle prompt as of the quality window.
-        eval::bench_config needle_config = best->config;
-        if (needle_config.policy.mode == select_mode::budget) {
-          const policy_config& p = needle_config.policy;
-          needle_config.policy.budget = eval::budget_for_share(static_cast<double>(p.sinks + p.window + p.budget) / b.ctx,
-                                                               needle_ctx, p.sinks, p.window);
-        }
-        best->needle = eval::run_needle(*m, gates, needle_config, in.cases, b.batch, progress);
+    // Needle and retrieval: per curve, the configuration whose measured KV share is nearest the
+    // matched share (exact for budgets); a curve that never comes within 0.05 of it is left out.
+    for (const std::string& curve : curves) {
+      eval::bench_row* best = nullptr;
+      for (eval::bench_row& r : in.rows) {
+        if (r.config.curve != curve) continue;
+        const double d = std::abs(r.quality.share_final - b.matched_share);
+        if (!best || d < std::abs(best->quality.share_final - b.matched_share)) best = &r;
+      }
+      if (curve != "full" && std::abs(best->quality.share_final - b.matched_share) > 0.05) continue;
+      if (!in.cases.empty()) {
+        best->needle = eval::run_needle(*m, gates, rescaled(best->config, needle_ctx), in.cases, b.batch, progress);
         best->has_needle = true;
         units_before += in.cases.size();
       }
+      if (run_retrieval) retrieval_configs.push_back(rescaled(best->config, retrieval_ctx));
+    }
+    for (const eval::bench_config& c : retrieval_configs) {
+      in.retrieval.push_back({c, eval::run_retrieval(*m, gates, c, in.retrieval_cases, b.batch, progress)});
+      units_before += in.retrieval_cases.size();
     }
     std::fprintf(stderr, "\n");
     in.seconds = clock.seconds();

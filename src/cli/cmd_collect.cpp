@@ -7,6 +7,7 @@
 #include "cli/common.h"
 #include "common/error.h"
 #include "data/collect.h"
+#include "data/label_sources.h"
 #include "model/model.h"
 
 namespace kvgate::cli {
@@ -28,6 +29,7 @@ void register_collect(CLI::App& app) {
   struct opts : model_options {
     collect_options c;
     bool held_out = false;
+    std::string labels = "future";
   };
   auto o = std::make_shared<opts>();
   collect_options& c = o->c;
@@ -55,11 +57,17 @@ void register_collect(CLI::App& app) {
   sub->add_flag("--shuffle,!--no-shuffle", c.shuffle, "read files in an order drawn from --seed (default), or sorted by path");
   sub->add_option("--shard-docs", c.shard_docs, "documents per shard")->capture_default_str()->check(CLI::Range(1, 1 << 20));
   sub->add_option("--ext", c.extensions, "file name endings taken from directories")->capture_default_str();
+  sub->add_option("--labels", o->labels,
+                  "label sources, a comma list merged by max: future (attention W+1..W+horizon tokens later), "
+                  "reconstruct (KVzip: attention from a teacher-forced copy of the document), answer (synthetic "
+                  "facts, a question, attention from the answer)")
+      ->capture_default_str();
   sub->add_option("--tau-sweep", c.tau_sweep, "also report the positive rate at these tau (this run's documents)");
 
   sub->callback([o] {
     collect_options& c = o->c;
     if (o->held_out && !c.corpus.empty()) fail("give either --corpus or --held-out, not both");
+    c.label_sources = parse_label_sources(o->labels);
     if (c.corpus.empty()) c.corpus = {o->held_out ? k_default_heldout_corpus : k_default_train_corpus};
     apply_threads(*o);
     c.model_path = resolve_model_path(*o);

@@ -98,6 +98,9 @@ void register_eval(CLI::App& app) {
 
     const eval::eval_report report = eval::compute_report(input, options);
     eval::write_report(report, input, options, o->out);
+    // AUC against the held-out dataset's own label sources (collect --labels): one eval per
+    // source dataset gives the AUC per source.
+    std::printf("label sources of %s: %s\n", o->data.c_str(), input.label["sources"].dump().c_str());
     std::printf("%s", eval::summary_text(report, o->out).c_str());
     std::fprintf(stderr, "eval: scored in %.1f s, report in %.1f s\n", t_score, clock.seconds() - t_score);
   });

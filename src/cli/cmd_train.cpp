@@ -138,7 +138,7 @@ double median(std::vector<double> v) {
 void register_train(CLI::App& app) {
   auto* sub = app.add_subcommand("train", "train every head's gate on a dataset (kvgate collect)");
   struct opts {
-    std::string data, out, objective = "binary", loss_csv;
+    std::string data, out, objective = "binary", loss_csv, target = "binary";
     gate_train_options train;
     double val_fraction = 0.2;
     int threads = 0;
@@ -148,6 +148,10 @@ void register_train(CLI::App& app) {
   sub->add_option("--out,-o", o->out, "gate bank to write (.gguf)")->required();
   sub->add_option("--objective", o->objective, "binary (attended after the window) or lifetime (bucket)")
       ->check(CLI::IsMember({"binary", "lifetime"}));
+  sub->add_option("--target", o->target,
+                  "binary objective's target: binary (the 0/1 label) or soft (BCE on the soft score the label "
+                  "sources stored)")
+      ->check(CLI::IsMember({"binary", "soft"}));
   sub->add_option("--epochs", o->train.max_epochs, "maximum epochs")->check(CLI::Range(1, 100000));
   sub->add_option("--batch", o->train.batch, "examples per head per step")->check(CLI::Range(2, 1 << 16));
   sub->add_option("--lr", o->train.lr, "Adam learning rate")->check(CLI::PositiveNumber);
@@ -198,6 +202,7 @@ void register_train(CLI::App& app) {
       base.keys_f16 = e.keys.data();
       base.label = e.label.data();
       base.bucket = e.bucket.data();
+      base.score = e.score.size() == e.size() ? e.score.data() : nullptr;
       base.n = static_cast<int64_t>(e.size());
       train[h] = val[h] = base;
       train[h].rows = sp.train[h].data();
@@ -233,6 +238,8 @@ void register_train(CLI::App& app) {
 
     gate_train_options to = o->train;
     to.threads = o->threads;
+    if (o->target == "soft" && o->objective != "binary") fail("--target soft needs --objective binary");
+    to.soft_target = o->target == "soft";
     const gate_train_result r = train_gates(bank, train, val, to, [](const gate_epoch_report& e) {
       double tr = 0, va = 0;
       int n_va = 0;
@@ -268,6 +275,8 @@ void register_train(CLI::App& app) {
     const double mean_loss = losses.empty() ? std::nan("") : std::accumulate(losses.begin(), losses.end(), 0.0) / losses.size();
     nlohmann::ordered_json summary = {
         {"objective", o->objective},
+        {"target", o->target},
+        {"label_sources", m.label_sources},
         {"median_val_auc", median(aucs)},
         {"min_val_auc", aucs.empty() ? std::nan("") : *std::min_element(aucs.begin(), aucs.end())},
         {"mean_val_auc", aucs.empty() ? std::nan("") : std::accumulate(aucs.begin(), aucs.end(), 0.0) / aucs.size()},

@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "common/error.h"
+#include "data/label_sources.h"
 #include "data/labeler.h"
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
@@ -41,13 +42,20 @@ class chat_wrapper {
     suffix_ = vocab.encode(text.substr(at + marker.size()), true);
   }
 
+  // Whether document index doc runs inside the template (drawn from the seed).
+  bool chosen(int64_t doc) const {
+    if (share_ <= 0.0f) return false;
+    const uint64_t h = splitmix64(splitmix64(seed_ ^ 0x636861745f646f63ull) ^ static_cast<uint64_t>(doc));
+    return static_cast<double>(h >> 11) * 0x1.0p-53 < share_;
+  }
+  const std::vector<int32_t>& prefix() const { return prefix_; }
+  const std::vector<int32_t>& suffix() const { return suffix_; }
+
   // The tokens to run for document index doc: the window itself, or (chosen from the seed)
   // prefix + as much of it as fits ctx + suffix, built in buffer.
   const std::vector<int32_t>& wrap(const std::vector<int32_t>& window, int64_t doc, int ctx,
                                    std::vector<int32_t>& buffer) const {
-    if (share_ <= 0.0f) return window;
-    const uint64_t h = splitmix64(splitmix64(seed_ ^ 0x636861745f646f63ull) ^ static_cast<uint64_t>(doc));
-    if (static_cast<double>(h >> 11) * 0x1.0p-53 >= share_) return window;
+    if (!chosen(doc)) return window;
     const size_t room = static_cast<size_t>(std::max(0, ctx - static_cast<int>(prefix_.size() + suffix_.size())));
     buffer.assign(prefix_.begin(), prefix_.end());
     buffer.insert(buffer.end(), window.begin(), window.begin() + std::min(room, window.size()));
@@ -59,6 +67,83 @@ class chat_wrapper {
   float share_;
   uint64_t seed_;
   std::vector<int32_t> prefix_, suffix_;  // template tokens before and after the message
+};
+
+// The tokens run for one document and where the label sources' queries sit in them: the
+// context (the window, chat-wrapped or not; with `answer`, the window's text cut short with facts
+// inserted and a question after it), then the answer's tokens (answer), then the repeat
+// instruction and the context again (reconstruct).
+class run_builder {
+ public:
+  run_builder(const tokenizer& vocab, const chat_wrapper& chat, const label_mix& mix, int ctx, uint64_t seed)
+      : vocab_(vocab), chat_(chat), mix_(mix), ctx_(ctx), seed_(seed),
+        instruction_(vocab.encode(k_repeat_instruction, false)) {}
+
+  // Tokens a session needs at most.
+  int max_tokens() const { return mix_.reconstruct ? 2 * ctx_ + static_cast<int>(instruction_.size()) : ctx_; }
+
+  const std::vector<int32_t>& build(const std::vector<int32_t>& window, int64_t doc, label_regions& regions) {
+    run_.clear();
+    regions = {};
+    if (mix_.answer) {
+      build_answer(window, doc, regions);
+    } else {
+      const std::vector<int32_t>& tokens = chat_.wrap(window, doc, ctx_, buffer_);
+      run_.assign(tokens.begin(), tokens.end());
+      regions.n_context = static_cast<int>(run_.size());
+    }
+    if (mix_.reconstruct) {
+      const int n_context = regions.n_context;
+      run_.insert(run_.end(), instruction_.begin(), instruction_.end());
+      regions.copy_begin = static_cast<int>(run_.size());
+      buffer_.assign(run_.begin(), run_.begin() + n_context);
+      run_.insert(run_.end(), buffer_.begin(), buffer_.end());
+      regions.copy_end = static_cast<int>(run_.size());
+    }
+    return run_;
+  }
+
+ private:
+  void build_answer(const std::vector<int32_t>& window, int64_t doc, label_regions& regions) {
+    const bool chat = chat_.chosen(doc);
+    const int wrap = chat ? static_cast<int>(chat_.prefix().size() + chat_.suffix().size()) : 0;
+    int keep = std::min(static_cast<int>(window.size()), std::max(16, ctx_ - wrap));
+    for (int attempt = 0; attempt < 8; ++attempt) {
+      const std::string text = vocab_.decode(std::span<const int32_t>(window.data(), static_cast<size_t>(keep)));
+      const answer_document d = make_answer_document(text, splitmix64(seed_ ^ 0x616e73776572ull) ^ static_cast<uint64_t>(doc));
+      const std::string body = d.context + "\n\n" + d.question;
+      run_.clear();
+      if (chat) {
+        run_ = chat_.prefix();
+        const std::vector<int32_t> b = vocab_.encode(body, false);
+        run_.insert(run_.end(), b.begin(), b.end());
+        run_.insert(run_.end(), chat_.suffix().begin(), chat_.suffix().end());
+      } else {
+        run_ = vocab_.encode(body + "\n", false);
+      }
+      const std::vector<int32_t> answer = vocab_.encode(d.answer, false);
+      const int excess = static_cast<int>(run_.size() + answer.size()) - ctx_;
+      if (excess > 0) {
+        if (keep <= 16) break;
+        keep = std::max(16, keep - excess - 16);
+        continue;
+      }
+      regions.n_context = static_cast<int>(run_.size());
+      regions.answer_begin = regions.n_context;
+      run_.insert(run_.end(), answer.begin(), answer.end());
+      regions.answer_end = static_cast<int>(run_.size());
+      return;
+    }
+    fail("collect: the facts, question and answer of answer document {} do not fit --ctx {}", doc, ctx_);
+  }
+
+  const tokenizer& vocab_;
+  const chat_wrapper& chat_;
+  label_mix mix_;
+  int ctx_;
+  uint64_t seed_;
+  std::vector<int32_t> instruction_;
+  std::vector<int32_t> run_, buffer_;
 };
 
 std::string shard_name(size_t index) { return fmt::format("shard-{:05d}.bin", index); }
@@ -80,6 +165,11 @@ void validate(const model_config& c, const collect_options& o) {
   if (!(o.negative_keep >= 0.0f && o.negative_keep <= 1.0f)) fail("--negative-keep must be in [0, 1], not {}", o.negative_keep);
   if (o.n_batch < 1 || o.shard_docs < 1) fail("batch size and documents per shard must be >= 1");
   if (o.out_dir.empty()) fail("no output directory given");
+  const label_mix mix = label_mix::of(o.label_sources);
+  if (mix.reconstruct && 2 * o.ctx + 16 > c.n_ctx_train) {
+    fail("--labels reconstruct runs each document twice: 2 x --ctx {} exceeds the model's context length {}", o.ctx,
+         c.n_ctx_train);
+  }
 }
 
 // Every way an existing dataset can disagree with this run; empty when it may be resumed.
@@ -107,6 +197,8 @@ std::vector<std::string> differences(const dataset_manifest& a, const dataset_ma
   check("min_doc_tokens", a.min_doc_tokens, b.min_doc_tokens);
   check("batch", a.n_batch, b.n_batch);
   check("chat_share", a.chat_share, b.chat_share);
+  check("label_sources", fmt::format("{}", fmt::join(a.label_sources, ",")),
+        fmt::format("{}", fmt::join(b.label_sources, ",")));
   if (a.corpus_files != b.corpus_files) {  // the order counts too (--seed, --no-shuffle)
     out.push_back(fmt::format("corpus ({} files in the dataset, {} now{})", a.corpus_files.size(), b.corpus_files.size(),
                               a.corpus_files.size() == b.corpus_files.size() ? ", names differ" : ""));
@@ -172,13 +264,14 @@ struct shard_buffer {
 };
 
 // Appends one labelled document to the buffer.
-void emit(const labeler& lab, int64_t doc, const collect_options& o, shard_buffer& buf) {
-  const label_range r = labelled_range(lab.n_tokens(), lab.params());
+void emit(const labeler& lab, const label_mix& mix, int64_t doc, const collect_options& o, shard_buffer& buf) {
+  const label_range r = mix.range(lab);
   const int d = lab.d_head();
   for (int head = 0; head < lab.n_heads(); ++head) {
     head_examples& e = buf.heads[head];
     for (int j = r.first; j < r.end; ++j) {
-      const bool y = lab.label(head, j);
+      const float score = mix.score(lab, head, j);
+      const bool y = score >= o.label.tau;
       ++(y ? buf.n_pos : buf.n_neg)[head];
       if (!y && !keep_negative(o.seed, doc, head, j, o.negative_keep)) continue;
       const uint16_t* k = lab.key(head, j);
@@ -187,6 +280,7 @@ void emit(const labeler& lab, int64_t doc, const collect_options& o, shard_buffe
       e.bucket.push_back(static_cast<uint8_t>(lab.bucket(head, j)));
       e.pos.push_back(j);
       e.doc.push_back(static_cast<int32_t>(doc));
+      e.score.push_back(score);
     }
   }
 }
@@ -268,6 +362,7 @@ ojson collect(const model& mdl, const collect_options& o, const collect_progress
   fresh.min_doc_tokens = o.label.window + 64;
   fresh.n_batch = o.n_batch;
   fresh.chat_share = o.chat_share;
+  fresh.label_sources = o.label_sources;
   fresh.shard_docs = o.shard_docs;
   fresh.corpus_files = corpus.files;
   fresh.n_pos.assign(fresh.n_heads(), 0);
@@ -279,13 +374,18 @@ ojson collect(const model& mdl, const collect_options& o, const collect_progress
   corpus_reader reader(corpus, mdl.vocab(), o.ctx, man.min_doc_tokens);
   if (!man.docs.empty()) reader.seek(man.docs.back().file, man.docs.back().offset + man.docs.back().n_tokens);
 
-  session s(mdl, {.n_ctx = o.ctx, .n_batch = o.n_batch});
+  const label_mix mix = label_mix::of(o.label_sources);
+  const chat_wrapper chat(mdl.vocab(), o.chat_share, o.seed);
+  run_builder builder(mdl.vocab(), chat, mix, o.ctx, o.seed);
+  session s(mdl, {.n_ctx = builder.max_tokens(), .n_batch = o.n_batch});
   labeler lab(c.n_layer, c.n_head, c.n_kv_head, c.d_head, o.label);
   s.set_observer(&lab);
   const int n_heads = man.n_heads();
   shard_buffer buf(n_heads);
   std::vector<std::vector<int64_t>> sweep_pos(o.tau_sweep.size(), std::vector<int64_t>(n_heads, 0));  // [n_tau][n_heads]
   std::vector<int64_t> run_labelled(n_heads, 0);
+  // This run's positives per source at tau: [future, reconstruct, answer].
+  int64_t source_pos[3] = {0, 0, 0}, source_labelled = 0;
   int64_t run_docs = 0, run_tokens = 0;
   const auto start = std::chrono::steady_clock::now();
 
@@ -306,9 +406,8 @@ ojson collect(const model& mdl, const collect_options& o, const collect_progress
     buf.reset(n_heads);
   };
 
-  const chat_wrapper chat(mdl.vocab(), o.chat_share, o.seed);
-  std::vector<int32_t> run_tokens_buf;
   corpus_document doc;
+  label_regions regions;
   while (true) {
     const int64_t n_docs = man.n_docs + static_cast<int64_t>(buf.docs.size());
     const int64_t n_tokens = man.n_tokens + buf.n_tokens;
@@ -316,26 +415,38 @@ ojson collect(const model& mdl, const collect_options& o, const collect_progress
     if (!reader.next(doc)) break;
 
     const int window_tokens = static_cast<int>(doc.tokens.size());
-    const std::vector<int32_t>& tokens = chat.wrap(doc.tokens, n_docs, o.ctx, run_tokens_buf);
-    const int T = static_cast<int>(tokens.size());
+    const std::vector<int32_t>& tokens = builder.build(doc.tokens, n_docs, regions);
+    const int n_run = static_cast<int>(tokens.size());
+    const int T = regions.n_context;
     s.reset();
-    lab.begin(T);
-    for (int i = 0; i < T; i += o.n_batch) {
-      const int n = std::min(o.n_batch, T - i);
+    lab.begin(n_run, regions);
+    for (int i = 0; i < n_run; i += o.n_batch) {
+      const int n = std::min(o.n_batch, n_run - i);
       s.step(std::span<const int32_t>(tokens.data() + i, n), logits_mode::none);
     }
     if (!lab.complete()) fail("collect: the labeler missed part of document {}", n_docs);
-    emit(lab, n_docs, o, buf);
+    emit(lab, mix, n_docs, o, buf);
+    {
+      const label_range r = mix.range(lab);
+      for (int h = 0; h < n_heads; ++h) {
+        for (int j = r.first; j < r.end; ++j) {
+          source_pos[0] += mix.future && lab.max_future(h, j) >= o.label.tau;
+          source_pos[1] += mix.reconstruct && lab.max_copy(h, j) >= o.label.tau;
+          source_pos[2] += mix.answer && lab.max_answer(h, j) >= o.label.tau;
+        }
+      }
+      source_labelled += static_cast<int64_t>(r.size()) * n_heads;
+    }
     buf.docs.push_back({doc.file, doc.offset, window_tokens});  // resume seeks past the window
     buf.n_tokens += T;
     ++run_docs;
     run_tokens += T;
 
     if (!o.tau_sweep.empty()) {
-      const label_range r = labelled_range(T, o.label);
+      const label_range r = mix.range(lab);
       for (int h = 0; h < n_heads; ++h) {
         for (int j = r.first; j < r.end; ++j)
-          for (size_t k = 0; k < o.tau_sweep.size(); ++k) sweep_pos[k][h] += lab.max_future(h, j) >= o.tau_sweep[k];
+          for (size_t k = 0; k < o.tau_sweep.size(); ++k) sweep_pos[k][h] += mix.score(lab, h, j) >= o.tau_sweep[k];
         run_labelled[h] += r.size();
       }
     }
@@ -380,6 +491,15 @@ ojson collect(const model& mdl, const collect_options& o, const collect_progress
                     {"resumed_docs", resumed_docs}};
   summary["label"] = man.to_json()["label"];
   summary["negative_keep"] = man.to_json()["negative_keep"];
+  summary["label_sources"] = man.label_sources;
+  {
+    ojson by_source = ojson::object();
+    const bool on[3] = {mix.future, mix.reconstruct, mix.answer};
+    for (int k = 0; k < 3; ++k) {
+      if (on[k]) by_source[label_source_names()[k]] = source_labelled ? double(source_pos[k]) / source_labelled : 0.0;
+    }
+    summary["run"]["positive_rate_by_source"] = by_source;
+  }
   summary["corpus_files"] = corpus.files.size();
   summary["skipped_files"] = corpus.skipped.size();
   if (!o.tau_sweep.empty()) {

@@ -37,6 +37,9 @@ struct collect_options {
   // system prompt's first tokens breaks the model's answers. Chosen per document from seed.
   float chat_share = 0.0f;
   int shard_docs = 8;               // documents per shard
+  // Label sources merged by max (data/label_sources.h), canonical order; the manifest records
+  // them and a resume with another list is refused.
+  std::vector<std::string> label_sources = {"future"};
   // Diagnostics: also count, over this run's documents, the positives y would give at these
   // thresholds (y only; lifetime stays at label.tau). Used to choose tau.
   std::vector<float> tau_sweep;

@@ -38,8 +38,11 @@ struct fnv1a {
   }
 };
 
-// Bytes of one example: key (f16) [d_head], label, bucket, position (i32), document (i32).
-int64_t example_bytes(int d_head) { return 2 * int64_t(d_head) + 1 + 1 + 4 + 4; }
+// Bytes of one example: key (f16) [d_head], label, bucket, position (i32), document (i32), and
+// from version 2 on the soft score (f32).
+int64_t example_bytes(int d_head, int version) {
+  return 2 * int64_t(d_head) + 1 + 1 + 4 + 4 + (version >= 2 ? 4 : 0);
+}
 
 // Appends raw bytes to out and to the checksum.
 class shard_writer {
@@ -81,8 +84,8 @@ shard_header parse_header(const std::string& path, const char* bytes, size_t siz
   std::memcpy(&version, bytes + 8, 4);
   std::memcpy(&n_heads, bytes + 12, 4);
   std::memcpy(&d_head, bytes + 16, 4);
-  if (version != static_cast<uint32_t>(k_dataset_version)) {
-    fail("shard {} has version {}, this build reads version {}", path, version, k_dataset_version);
+  if (version != 1 && version != static_cast<uint32_t>(k_dataset_version)) {
+    fail("shard {} has version {}, this build reads versions 1 and {}", path, version, k_dataset_version);
   }
   if (n_heads == 0 || n_heads > 1u << 16 || d_head == 0 || d_head > 1u << 16) {
     fail("damaged shard {}: implausible dims ({} heads, d_head {})", path, n_heads, d_head);
@@ -90,6 +93,7 @@ shard_header parse_header(const std::string& path, const char* bytes, size_t siz
   shard_header h;
   h.n_heads = static_cast<int>(n_heads);
   h.d_head = static_cast<int>(d_head);
+  h.version = static_cast<int>(version);
   std::memcpy(&h.first_doc, bytes + 24, 8);
   std::memcpy(&h.n_docs, bytes + 32, 8);
   const size_t header_bytes = k_header_fixed + 8 * n_heads;
@@ -99,12 +103,12 @@ shard_header parse_header(const std::string& path, const char* bytes, size_t siz
   // Each count is bounded by the file's size before it is multiplied, and the running total stops
   // at the file's size, so no product or sum can overflow (counts are hostile until checked).
   int64_t total = static_cast<int64_t>(header_bytes) + 8;
-  const uint64_t max_examples = static_cast<uint64_t>(std::max<int64_t>(file_size, 0)) / example_bytes(h.d_head);
+  const uint64_t max_examples = static_cast<uint64_t>(std::max<int64_t>(file_size, 0)) / example_bytes(h.d_head, h.version);
   for (uint64_t n : h.n) {
     if (n > max_examples) {
       fail("damaged shard {}: example count {} does not fit in its {} bytes", path, n, file_size);
     }
-    total += static_cast<int64_t>(n) * example_bytes(h.d_head);
+    total += static_cast<int64_t>(n) * example_bytes(h.d_head, h.version);
     if (total > file_size) break;
   }
   h.file_bytes = total;
@@ -200,6 +204,7 @@ json dataset_manifest::to_json() const {
       {"min_doc_tokens", min_doc_tokens},
       {"n_batch", n_batch},
       {"chat_share", shortest(chat_share)},
+      {"label_sources", label_sources},
       {"shard_docs", shard_docs},
       {"corpus_files", corpus_files},
       {"n_docs", n_docs},
@@ -217,8 +222,9 @@ dataset_manifest dataset_manifest::from_json(const json& j, const std::string& w
   if (!j.is_object()) fail("{}: manifest is not a JSON object", where);
   dataset_manifest m;
   m.version = field<int>(j, "version", where);
-  if (m.version != k_dataset_version) {
-    fail("{}: dataset version {}, this build reads version {}; collect it again", where, m.version, k_dataset_version);
+  if (m.version != 1 && m.version != k_dataset_version) {
+    fail("{}: dataset version {}, this build reads versions 1 and {}; collect it again", where, m.version,
+         k_dataset_version);
   }
   m.model_name = field<std::string>(j, "model_name", where);
   m.model_arch = field<std::string>(j, "model_arch", where);
@@ -247,6 +253,8 @@ dataset_manifest dataset_manifest::from_json(const json& j, const std::string& w
   m.min_doc_tokens = optional_field<int>(j, "min_doc_tokens", 0, where);
   m.n_batch = optional_field<int>(j, "n_batch", 0, where);
   m.chat_share = optional_field<float>(j, "chat_share", 0.0f, where);
+  m.label_sources = optional_field<std::vector<std::string>>(j, "label_sources", {"future"}, where);
+  m.version = k_dataset_version;  // what write_manifest writes back (a resumed v1 dataset gains v2 shards)
   m.seed = optional_field<uint64_t>(j, "seed", 0, where);
   m.shard_docs = optional_field<int>(j, "shard_docs", 0, where);
   m.n_stored = optional_field<std::vector<int64_t>>(j, "n_stored", {}, where);
@@ -285,7 +293,8 @@ int64_t write_shard(const std::string& path, const std::vector<head_examples>& h
     w.put(&n_docs, 1);
     for (const head_examples& h : heads) {
       const uint64_t n = h.size();
-      if (h.keys.size() != n * d_head || h.bucket.size() != n || h.pos.size() != n || h.doc.size() != n) {
+      if (h.keys.size() != n * d_head || h.bucket.size() != n || h.pos.size() != n || h.doc.size() != n ||
+          (h.score.size() != n && !h.score.empty())) {
         fail("write_shard: a head's arrays disagree in length");
       }
       w.put(&n, 1);
@@ -296,6 +305,12 @@ int64_t write_shard(const std::string& path, const std::vector<head_examples>& h
       w.put(h.bucket.data(), h.bucket.size());
       w.put(h.pos.data(), h.pos.size());
       w.put(h.doc.data(), h.doc.size());
+      if (h.score.empty()) {  // no soft score given: the label is the score
+        const std::vector<float> score(h.label.begin(), h.label.end());
+        w.put(score.data(), score.size());
+      } else {
+        w.put(h.score.data(), h.score.size());
+      }
     }
     bytes = w.close();
   }
@@ -346,6 +361,11 @@ shard_header read_shard(const std::string& path, std::vector<head_examples>& hea
     take(p, e.bucket, n);
     take(p, e.pos, n);
     take(p, e.doc, n);
+    if (h.version >= 2) {
+      take(p, e.score, n);
+    } else {
+      for (size_t i = e.label.size() - n; i < e.label.size(); ++i) e.score.push_back(static_cast<float>(e.label[i]));
+    }
   }
   return h;
 }

@@ -11,7 +11,9 @@
 
 namespace kvgate {
 
-inline constexpr int k_dataset_version = 1;
+// Version 2 adds each example's soft score and the manifest's label sources; version 1 datasets
+// are still read (score = label, sources = future).
+inline constexpr int k_dataset_version = 2;
 
 // Parameters of the label (DESIGN.md, "The label"); stored in the manifest and the gate file.
 struct label_params {
@@ -33,6 +35,7 @@ struct head_examples {
   std::vector<uint8_t> bucket;   // [n] lifetime bucket
   std::vector<int32_t> pos;      // [n] position in its document
   std::vector<int32_t> doc;      // [n] document index (global across shards)
+  std::vector<float> score;      // [n] soft score: the max attention of the label sources (label = score >= tau)
 
   size_t size() const { return label.size(); }
 };
@@ -64,6 +67,7 @@ struct dataset_manifest {
   int min_doc_tokens = 0;             // shorter windows were skipped
   int n_batch = 0;                    // prefill chunk size (changes the arithmetic slightly)
   float chat_share = 0.0f;            // share of documents wrapped in the chat template (collect.h)
+  std::vector<std::string> label_sources = {"future"};  // merged by max (collect.h)
   uint64_t seed = 0;                  // negative subsampling seed
   int shard_docs = 0;                 // documents per shard
   std::vector<int64_t> n_stored;      // [n_heads] examples stored (all positives + kept negatives)
@@ -97,12 +101,13 @@ struct dataset {
 //         32   i64      n_docs
 //         40   u64      n[n_heads]     examples per head
 //   then per head, in head order: keys u16 [n, d_head] (f16), label u8 [n], bucket u8 [n],
-//   pos i32 [n], doc i32 [n]
+//   pos i32 [n], doc i32 [n], score f32 [n] (version 2 only)
 //   last 8 bytes: u64 FNV-1a 64 of every byte before them.
 // A file whose size disagrees with its header or whose checksum fails is damaged.
 inline constexpr char k_shard_magic[8] = {'K', 'V', 'G', 'S', 'H', 'A', 'R', 'D'};
 
 struct shard_header {
+  int version = k_dataset_version;
   int n_heads = 0, d_head = 0;
   int64_t first_doc = 0, n_docs = 0;
   std::vector<uint64_t> n;  // [n_heads]
@@ -110,7 +115,7 @@ struct shard_header {
 };
 
 // Writes path + ".tmp", then renames it to path: a reader never sees a partial shard.
-// heads: [n_heads]; returns the bytes written.
+// heads: [n_heads] (an empty score array is written as the labels); returns the bytes written.
 int64_t write_shard(const std::string& path, const std::vector<head_examples>& heads, int d_head,
                     int64_t first_doc, int64_t n_docs);
 // Reads the header only and checks the file's size against it (a cheap check for resume).

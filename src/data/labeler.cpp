@@ -33,10 +33,49 @@ labeler::labeler(int n_layer, int n_head, int n_kv_head, int d_head, const label
   if (n_kv_head < 1 || n_head % n_kv_head != 0) fail("{} query heads do not group over {} kv heads", n_head, n_kv_head);
 }
 
-void labeler::begin(int n_tokens) {
+label_mix label_mix::of(const std::vector<std::string>& sources) {
+  label_mix mix{false, false, false};
+  for (const std::string& s : sources) {
+    if (s == "future") mix.future = true;
+    else if (s == "reconstruct") mix.reconstruct = true;
+    else if (s == "answer") mix.answer = true;
+    else fail("unknown label source '{}' (known: future, reconstruct, answer)", s);
+  }
+  if (!mix.future && !mix.reconstruct && !mix.answer) fail("no label source given");
+  return mix;
+}
+
+label_range label_mix::range(const labeler& lab) const {
+  const int n_context = lab.regions().n_context;
+  if (!reconstruct && !answer) return labelled_range(n_context, lab.params());
+  return {std::max(0, lab.params().sinks), n_context};
+}
+
+float label_mix::score(const labeler& lab, int head, int j) const {
+  float s = 0.0f;
+  if (future) s = std::max(s, lab.max_future(head, j));
+  if (reconstruct) s = std::max(s, lab.max_copy(head, j));
+  if (answer) s = std::max(s, lab.max_answer(head, j));
+  return s;
+}
+
+void labeler::begin(int n_tokens) { begin(n_tokens, {.n_context = n_tokens}); }
+
+void labeler::begin(int n_tokens, const label_regions& regions) {
+  auto inside = [&](int b, int e) { return 0 <= b && b <= e && e <= n_tokens; };
+  if (!inside(0, regions.n_context) || !inside(regions.copy_begin, regions.copy_end) ||
+      !inside(regions.answer_begin, regions.answer_end) ||
+      (regions.copy_begin < regions.copy_end && regions.copy_begin < regions.n_context) ||
+      (regions.answer_begin < regions.answer_end && regions.answer_begin < regions.n_context)) {
+    fail("labeler: query regions must lie inside the run of {} tokens, after its context of {}", n_tokens,
+         regions.n_context);
+  }
   n_tokens_ = n_tokens;
+  regions_ = regions;
   const size_t n = static_cast<size_t>(n_heads()) * n_tokens;
   m_.assign(n, 0.0f);
+  copy_.assign(n, 0.0f);
+  answer_.assign(n, 0.0f);
   last_.assign(n, -1);
   keys_.resize(n * d_head_);
   n_seen_.assign(n_layer_, 0);
@@ -76,7 +115,10 @@ void labeler::on_layer(const layer_observation& obs) {
   }
   n_seen_[il] += n_tok;
 
-  const label_range r = labelled_range(n_tokens_, params_);
+  // Every context token past the sinks: the future label's range, extended to the context's end
+  // for the other sources.
+  const int n_context = regions_.n_context;
+  const label_range r = {std::max(0, params_.sinks), n_context};
   if (r.size() == 0) return;
   // Work items: (kv head, block of labelled columns). Each item owns its columns of m_ and
   // last_, so items run in parallel without sharing a write.
@@ -91,12 +133,22 @@ void labeler::on_layer(const layer_observation& obs) {
     const int j0 = r.first + (item % n_blocks) * block, j1 = std::min(r.end, j0 + block);
     float* m = m_.data() + idx(il * n_kv_head_ + ih, 0);       // [T]
     int32_t* last = last_.data() + idx(il * n_kv_head_ + ih, 0);  // [T]
+    float* copy = copy_.data() + idx(il * n_kv_head_ + ih, 0);      // [T]
+    float* answer = answer_.data() + idx(il * n_kv_head_ + ih, 0);  // [T]
     for (int t = 0; t < n_tok; ++t) {
       const int i = first + t;  // query position; rows come in increasing i, so last[j] = i keeps the max
+      float* region = nullptr;  // the max a query outside the context feeds
+      if (i >= regions_.copy_begin && i < regions_.copy_end) region = copy;
+      if (i >= regions_.answer_begin && i < regions_.answer_end) region = answer;
+      if (i >= n_context && !region) continue;
       const int life_end = std::min(j1, i);                          // j < i
       const int band_begin = std::max(j0, i - W - horizon), band_end = std::min(j1, i - W);  // i in future(j)
       for (int g = ih * n_group; g < (ih + 1) * n_group; ++g) {
         const float* row = obs.attn[g] + static_cast<size_t>(t) * n_slots;  // [n_slots]
+        if (region) {
+          for (int j = j0; j < j1; ++j) region[j] = std::max(region[j], row[j]);
+          continue;
+        }
         for (int j = j0; j < life_end; ++j) {
           if (row[j] >= tau) last[j] = i;
         }

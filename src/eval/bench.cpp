@@ -38,12 +38,12 @@ void log_softmax(const float* logits, int n, float* out) {
 
 int argmax(const float* x, int n) { return static_cast<int>(std::max_element(x, x + n) - x); }
 
-double share_live(const kv_cache& cache, int n_past) {
+}  // namespace
+
+double kv_share_live(const kv_cache& cache, int n_past) {
   const double n_full = static_cast<double>(cache.n_layer()) * cache.n_kv_head() * n_past;
   return n_full > 0 ? cache.n_live_total() / n_full : 1.0;
 }
-
-}  // namespace
 
 int budget_for_share(double share, int ctx, int sinks, int window) {
   return std::max(0, static_cast<int>(std::lround(share * ctx)) - sinks - window);
@@ -343,7 +343,7 @@ std::vector<quality_result> run_quality(const model& m, std::shared_ptr<const ga
         a.agree += agree;
       }
       const policy_stats& ps = runner->stats();
-      a.share_final += share_live(s.cache(), ctx);
+      a.share_final += kv_share_live(s.cache(), ctx);
       a.share_mean += ps.kv_share_mean();
       a.bytes_final += static_cast<double>(s.cache().bytes_total());
       quality_result& r = results[ic];
@@ -407,7 +407,7 @@ needle_result run_needle(const model& m, std::shared_ptr<const gate_bank> gates,
     }
     prefill_s += seconds_since(t0);
     prefill_tokens += static_cast<double>(c.prompt.size());
-    share += share_live(s.cache(), s.n_past());
+    share += kv_share_live(s.cache(), s.n_past());
 
     // Teacher-forced answer: while every argmax matches, this is exactly greedy decoding.
     std::vector<float> rows(last);  // [n_answer, n_vocab]: row k predicts answer token k

@@ -49,6 +49,10 @@ struct bench_options {
   double matched_share = 0.25;  // the budget the summary and the needle pass compare at
   int needle_cases = 24;
   int needle_ctx = 0;           // tokens per needle prompt (0: ctx)
+  // The retrieval suite (eval/retrieval.h): cases per task, tokens per prompt (0: ctx).
+  std::vector<std::string> retrieval_tasks = {"niah_single", "niah_multikey", "niah_multivalue", "variable_tracking"};
+  int retrieval_cases = 8;
+  int retrieval_ctx = 0;
   uint64_t seed = 1;
 };
 
@@ -99,6 +103,9 @@ struct bench_row {
   bool has_needle = false;
   needle_result needle;
 };
+
+// Live (head, token) slots over those of a full cache of n_past positions.
+double kv_share_live(const kv_cache& cache, int n_past);
 
 // Wilson score interval for k successes out of n at 95%.
 std::pair<double, double> wilson_interval(int k, int n);

@@ -12,6 +12,7 @@
 #include "common/error.h"
 #include "common/files.h"
 #include "eval/plot_util.h"
+#include "eval/retrieval_report.h"
 
 namespace kvgate::eval {
 
@@ -167,6 +168,7 @@ ordered_json bench_summary(const bench_input& in) {
 }
 
 std::string bench_summary_text(const bench_input& in, const ordered_json& summary) {
+  if (in.rows.empty()) return retrieval_summary_text(in) + fmt::format("\n{:.0f} s\n", in.seconds);
   auto f = [](const ordered_json& v, const char* format) {
     return v.is_number() ? fmt::format(fmt::runtime(format), v.get<double>()) : std::string("n/a");
   };
@@ -197,6 +199,7 @@ std::string bench_summary_text(const bench_input& in, const ordered_json& summar
                        f(l["per_head_kv_share_same_ppl"], "{:.3f}"), f(l["ratio"], "{:.2f}x the share"));
     }
   }
+  if (!in.retrieval.empty()) t += "\n" + retrieval_summary_text(in);
   t += fmt::format("\n{} configurations in {:.0f} s; n/a = the curve does not reach that share.\n", in.rows.size(),
                    in.seconds);
   return t;
@@ -333,7 +336,8 @@ std::string csv_needle(const bench_input& in, bool per_case) {
   return s;
 }
 
-std::string index_html(const bench_input& in, const ordered_json& summary, bool quality_png, bool needle_png) {
+std::string index_html(const bench_input& in, const ordered_json& summary, bool quality_png, bool needle_png,
+                       const std::string& retrieval_section) {
   std::string h =
       "<!doctype html>\n<html><head><meta charset='utf-8'><title>kvgate bench</title>\n"
       "<style>body{font-family:sans-serif;max-width:1500px;margin:1em auto;padding:0 1em}"
@@ -349,6 +353,7 @@ std::string index_html(const bench_input& in, const ordered_json& summary, bool 
   h += "<h2>At a matched KV budget</h2>\n<pre>" + html_escape(bench_summary_text(in, summary)) + "</pre>\n";
   if (quality_png) h += "<h2>Quality against KV kept</h2>\n<a href='quality_vs_kv.png'><img src='quality_vs_kv.png'></a>\n";
   if (needle_png) h += "<h2>Needle retrieval</h2>\n<a href='needle.png'><img src='needle.png'></a>\n";
+  h += retrieval_section;
   h += "<h2>Every configuration</h2>\n<table><tr><th>curve</th><th>knob</th><th>KV kept (final)</th><th>KV mean</th>"
        "<th>KV peak</th><th>bytes peak</th><th>ppl</th><th>ppl +%</th><th>KL</th><th>top-1</th><th>recall</th>"
        "<th>needle</th></tr>\n";
@@ -398,6 +403,7 @@ void write_bench_report(const bench_input& in, const ordered_json& summary, cons
   ordered_json rows = ordered_json::array();
   for (const bench_row& r : in.rows) rows.push_back(row_json(in, r));
   j["rows"] = rows;
+  j["retrieval"] = retrieval_summary(in);
   j["seconds"] = in.seconds;
   write_file_atomically(out_dir + "/report.json", j.dump(2) + "\n");
   write_file_atomically(out_dir + "/quality.csv", csv_quality(in));
@@ -406,7 +412,8 @@ void write_bench_report(const bench_input& in, const ordered_json& summary, cons
   write_file_atomically(out_dir + "/summary.txt", bench_summary_text(in, summary));
   const bool quality_png = plots && plot_quality(in, out_dir + "/plots");
   const bool needle_png = plots && plot_needle(in, out_dir + "/plots");
-  write_file_atomically(out_dir + "/index.html", index_html(in, summary, quality_png, needle_png));
+  const std::string retrieval_section = write_retrieval_report(in, out_dir, plots);
+  write_file_atomically(out_dir + "/index.html", index_html(in, summary, quality_png, needle_png, retrieval_section));
 }
 
 }  // namespace kvgate::eval

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "eval/bench.h"
+#include "eval/retrieval.h"
 
 namespace kvgate::eval {
 
@@ -19,7 +20,9 @@ struct bench_input {
   bench_options options;
   std::vector<bench_text> windows;
   std::vector<needle_case> cases;
-  std::vector<bench_row> rows;  // rows[0] is the full cache
+  std::vector<bench_row> rows;  // rows[0] is the full cache; empty when only the retrieval suite ran
+  std::vector<retrieval_case> retrieval_cases;
+  std::vector<retrieval_run> retrieval;  // the full cache first
   double seconds = 0.0;
 };
 

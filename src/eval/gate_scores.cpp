@@ -85,7 +85,8 @@ eval_input score_dataset(const dataset& data, const std::string& data_path, std:
   for (int64_t v : m.n_pos) in.n_pos_all += v;
   for (int64_t v : m.n_neg) in.n_neg_all += v;
   in.label = {{"sinks", m.label.sinks}, {"window", m.label.window}, {"tau", shortest(m.label.tau)},
-              {"horizon", m.label.horizon}, {"max_bucket", m.label.max_bucket}, {"key_kind", m.label.key_kind}};
+              {"horizon", m.label.horizon}, {"max_bucket", m.label.max_bucket}, {"key_kind", m.label.key_kind},
+              {"sources", m.label_sources}};
 
   in.heads.resize(H);
   int64_t n_max = 0;

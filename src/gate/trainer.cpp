@@ -129,17 +129,21 @@ void key_stats(const gate_examples& e, int d, head_state& s) {
   for (int j = 0; j < d; ++j) s.inv_std[j] = static_cast<float>(1.0 / std::max(sd[j], floor));
 }
 
-void check_examples(const gate_examples& e, const char* which, int ih, bool lifetime, int n_out) {
+void check_examples(const gate_examples& e, const char* which, int ih, bool lifetime, int n_out, bool soft) {
   if ((e.keys_f32 == nullptr) == (e.keys_f16 == nullptr) && e.size() > 0) {
     fail("train gates: {} set of head {}: give exactly one of keys_f32 and keys_f16", which, ih);
   }
   if (!lifetime && !e.label && e.size() > 0) fail("train gates: {} set of head {} has no labels", which, ih);
   if (lifetime && !e.bucket && e.size() > 0) fail("train gates: {} set of head {} has no buckets", which, ih);
+  if (soft && !e.score && e.size() > 0) fail("train gates: {} set of head {} has no soft scores", which, ih);
   for (int64_t i = 0; i < e.size(); ++i) {
     const int64_t row = e.row(i);
     if (row < 0 || row >= e.n) fail("train gates: {} set of head {}: row {} outside [0, {})", which, ih, row, e.n);
     if (e.label && e.label[row] > 1) {
       fail("train gates: {} set of head {}: label {} at row {} is not 0/1", which, ih, e.label[row], row);
+    }
+    if (soft && !(e.score[row] >= 0.0f && e.score[row] <= 1.0f)) {
+      fail("train gates: {} set of head {}: soft score {} at row {} is outside [0, 1]", which, ih, e.score[row], row);
     }
     if (lifetime && e.bucket[row] >= n_out) {
       fail("train gates: {} set of head {}: bucket {} at row {} is outside [0, {})", which, ih,
@@ -269,6 +273,21 @@ void fold_standardization(const gate_params<float>& p, const gate_dims& d,
   }
 }
 
+// BCE against soft targets s in [0, 1], mean over each head's B rows: loss[h] and d_logits
+// (d/dz of loss[h] = (sigmoid(z) - s) / B). The 0/1 case equals bce_forward/bce_backward.
+void soft_bce(float* loss, float* d_logits, const float* logits, const float* s, int H, int B) {
+  for (int h = 0; h < H; ++h) {
+    double sum = 0.0;
+    for (int i = 0; i < B; ++i) {
+      const size_t k = size_t(h) * B + i;
+      const double z = logits[k];
+      sum += std::max(z, 0.0) - z * s[k] + std::log1p(std::exp(-std::abs(z)));
+      d_logits[k] = static_cast<float>((1.0 / (1.0 + std::exp(-z)) - s[k]) / B);
+    }
+    loss[h] = static_cast<float>(sum / B);
+  }
+}
+
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
@@ -367,8 +386,9 @@ gate_train_result train_gates(gate_bank& bank, std::span<const gate_examples> tr
   result.heads.resize(H);
   int64_t n_train_total = 0;
   for (int h = 0; h < H; ++h) {
-    check_examples(train[h], "training", h, lifetime, O);
-    check_examples(val[h], "validation", h, lifetime, O);
+    if (o.soft_target && lifetime) fail("train gates: a soft target needs the binary objective");
+    check_examples(train[h], "training", h, lifetime, O, o.soft_target);
+    check_examples(val[h], "validation", h, lifetime, O, false);
     if (train[h].size() == 0) fail("train gates: head {} has no training examples", h);
     head_state& s = heads[h];
     s.train = &train[h];
@@ -411,6 +431,7 @@ gate_train_result train_gates(gate_bank& bank, std::span<const gate_examples> tr
   // Activations of one step.
   std::vector<float> x(size_t(H) * B * I);              // [H, B, d_head]
   std::vector<uint8_t> y(size_t(H) * B);                // [H, B]
+  std::vector<float> y_soft(o.soft_target ? size_t(H) * B : 0);  // [H, B] soft targets
   std::vector<float> h1(size_t(H) * B * F), h2(h1.size());  // [H, B, 256]
   std::vector<float> logits(size_t(H) * B * O), d_logits(logits.size());  // [H, B, n_out]
   std::vector<float> d_h1(h1.size()), d_h2(h1.size());  // [H, B, 256]
@@ -450,6 +471,7 @@ gate_train_result train_gates(gate_bank& bank, std::span<const gate_examples> tr
           const int64_t row = s.sampler.draw(c, s.r);
           load_row(*s.train, row, s, I, x.data() + (size_t(h) * B + i) * I);
           y[size_t(h) * B + i] = static_cast<uint8_t>(c);
+          if (o.soft_target) y_soft[size_t(h) * B + i] = s.train->score[row];
         }
       }
 #pragma omp parallel for schedule(static) num_threads(n_threads)
@@ -459,6 +481,8 @@ gate_train_result train_gates(gate_bank& bank, std::span<const gate_examples> tr
       if (lifetime) {
         softmax_ce_forward<float>(step_loss.data(), logits.data(), y.data(), H, B, O);
         softmax_ce_backward<float>(d_logits.data(), logits.data(), y.data(), H, B, O);
+      } else if (o.soft_target) {
+        soft_bce(step_loss.data(), d_logits.data(), logits.data(), y_soft.data(), H, B);
       } else {
         bce_forward<float>(step_loss.data(), logits.data(), y.data(), H, B);
         bce_backward<float>(d_logits.data(), logits.data(), y.data(), H, B);

@@ -45,6 +45,7 @@ struct gate_examples {
   const uint16_t* keys_f16 = nullptr;  // [n, d_head]
   const uint8_t* label = nullptr;      // [n] 0/1; required for binary, optional for lifetime
   const uint8_t* bucket = nullptr;     // [n] 0..n_out-1; required for lifetime
+  const float* score = nullptr;        // [n] soft target in [0, 1]; required with soft_target
   int64_t n = 0;                       // rows in the arrays
   const int64_t* rows = nullptr;       // [n_rows] indices into the arrays, or null
   int64_t n_rows = 0;                  // used when rows is set
@@ -65,6 +66,10 @@ struct gate_train_options {
                                // (elementwise loops always use OpenMP's default)
   int steps_per_epoch = 0;     // 0: from the data (see above)
   bool calibrate = true;       // binary: Platt-scale each head's logit on its validation set
+  // binary objective: BCE against the soft score (gate_examples::score) instead of the 0/1 label
+  // (Fast KVzip's target). Batches stay class-balanced by label; early stopping, AUC and Platt
+  // scaling use the label, so soft and binary gates compare on the same validation measure.
+  bool soft_target = false;
 };
 
 // Reported after every epoch (the caller prints progress; the library never does).
