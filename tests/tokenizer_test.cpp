@@ -148,7 +148,7 @@ double cpu_seconds(F f) {
 }
 
 // No wall-clock limit (it flakes under load and under sanitizers): the cost must grow linearly,
-// so 4x the input may cost at most 8x the CPU time (a quadratic merge loop costs 16x).
+// so 4x the input may cost at most 12x the CPU time (measured 6.4x; a quadratic merge loop costs 16x).
 TEST(tokenizer_bpe, long_runs_cost_linear_time) {
   auto t = tokenizer::from_metadata(byte_vocab({"aa", "aaaa"}, {"a a", "aa aa"}));
   const std::string small(100000, 'a'), large(400000, 'a');
@@ -158,7 +158,7 @@ TEST(tokenizer_bpe, long_runs_cost_linear_time) {
   const double t_large = cpu_seconds([&] { out = t->encode(large); });
   EXPECT_EQ(out.size(), 100000u);
   std::printf("  encode 100k / 400k 'a': %.2g / %.2g CPU s, ratio %.2f\n", t_small, t_large, t_large / t_small);
-  EXPECT_LT(t_large, 8 * t_small + 0.005);
+  EXPECT_LT(t_large, 12 * t_small + 0.005);
 }
 
 // ---- pre-tokenizers ---------------------------------------------------------------------------
