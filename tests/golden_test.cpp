@@ -6,7 +6,8 @@
 // Tolerances. llama.cpp multiplies Q4_1/Q8_0 weights with activations quantized to 8 bits, so it
 // is itself off the exact float64 result: on SmolLM2 by up to 1.66 in a logit (rms 0.23) over
 // the four prompts (the "crosscheck" stats in the golden file). Our prefill path runs in f32 and
-// must sit much closer to float64 (max 0.01 of a logit; measured < 5e-5); against llama.cpp we allow what
+// must sit much closer to float64: measured max 4.2e-5 (rms 1.1e-5) on SmolLM2 and 1.5e-5 on the
+// tiny models, so we allow max 2e-4 and rms 5e-5 (about 5x margin); against llama.cpp we allow what
 // llama.cpp itself deviates (max 2.5, rms 0.35). Greedy continuations (our decode path) must
 // match token for token until the first step where llama.cpp's own top-2 gap is below 0.5, a
 // near-tie that 8-bit activation noise can flip; there the comparison stops.
@@ -98,12 +99,15 @@ void check_file(const std::string& golden, const std::string& model_path, double
   }
 }
 
+// Our f32 prefill against the float64 reference (see the header comment for the measured values).
+constexpr double k_f64_max = 2e-4, k_f64_rms = 5e-5;
+
 TEST(golden, smollm2_matches_llama_cpp) {
   check_file("smollm2_135m_q4_1.json", test::default_model_path(), 2.5, 0.35, true);
 }
 
 TEST(golden, smollm2_matches_float64_reference) {
-  check_file("smollm2_135m_q4_1.numpy.json", test::default_model_path(), 0.01, 0.002, false);
+  check_file("smollm2_135m_q4_1.numpy.json", test::default_model_path(), k_f64_max, k_f64_rms, false);
 }
 
 class golden_tiny : public ::testing::TestWithParam<const char*> {};
@@ -112,7 +116,7 @@ TEST_P(golden_tiny, matches_llama_cpp_and_float64_reference) {
   const std::string arch = GetParam();
   const std::string path = test::data_path("tiny/" + arch + ".gguf");
   check_file("tiny_" + arch + ".json", path, 2.5, 0.35, true);
-  check_file("tiny_" + arch + ".numpy.json", path, 0.01, 0.002, false);
+  check_file("tiny_" + arch + ".numpy.json", path, k_f64_max, k_f64_rms, false);
 }
 
 INSTANTIATE_TEST_SUITE_P(families, golden_tiny, ::testing::Values("llama", "qwen2", "qwen3"));

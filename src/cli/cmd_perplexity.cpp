@@ -10,21 +10,9 @@
 #include "common/error.h"
 #include "common/files.h"
 #include "model/model.h"
+#include "model/sampler.h"
 
 namespace kvgate::cli {
-
-namespace {
-
-// -log softmax(logits)[target], in double.
-double token_nll(std::span<const float> logits, int32_t target) {
-  double max_logit = logits[0];
-  for (float l : logits) max_logit = std::max<double>(max_logit, l);
-  double sum = 0.0;
-  for (float l : logits) sum += std::exp(l - max_logit);
-  return std::log(sum) + max_logit - logits[target];
-}
-
-}  // namespace
 
 void register_perplexity(CLI::App& app) {
   auto* sub = app.add_subcommand("perplexity", "perplexity of a text file in windows of --ctx tokens");

@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "common/error.h"
+#include "common/random.h"
 #include "data/label_sources.h"
 #include "data/labeler.h"
 #include "model/model.h"
@@ -19,13 +20,6 @@ namespace fs = std::filesystem;
 using ojson = nlohmann::ordered_json;
 
 namespace {
-
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
 
 // Puts a chosen share of the documents inside the chat template: the text becomes the user's
 // message, followed by the assistant's header, as a served prompt holding a pasted document.

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "common/random.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kvgate {
@@ -110,12 +111,7 @@ corpus_listing list_corpus(const std::vector<std::string>& paths, const std::vec
 
 void shuffle_files(corpus_listing& l, uint64_t seed) {
   uint64_t state = seed;
-  auto next = [&state] {  // splitmix64
-    uint64_t z = (state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-  };
+  auto next = [&state] { return splitmix64_next(state); };
   for (size_t i = l.files.size(); i > 1; --i) {
     const size_t j = next() % i;  // the modulo bias is far below anything that matters here
     std::swap(l.files[i - 1], l.files[j]);

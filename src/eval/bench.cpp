@@ -15,6 +15,7 @@
 #include "data/corpus.h"
 #include "model/linear.h"
 #include "model/model.h"
+#include "model/sampler.h"
 
 namespace kvgate::eval {
 
@@ -25,18 +26,6 @@ using steady = std::chrono::steady_clock;
 double seconds_since(steady::time_point t0) {
   return std::chrono::duration<double>(steady::now() - t0).count();
 }
-
-// log softmax of one row, in double for the sum, written as float.
-void log_softmax(const float* logits, int n, float* out) {
-  float max_logit = logits[0];
-  for (int i = 1; i < n; ++i) max_logit = std::max(max_logit, logits[i]);
-  double sum = 0.0;
-  for (int i = 0; i < n; ++i) sum += std::exp(static_cast<double>(logits[i] - max_logit));
-  const float log_z = static_cast<float>(std::log(sum)) + max_logit;
-  for (int i = 0; i < n; ++i) out[i] = logits[i] - log_z;
-}
-
-int argmax(const float* x, int n) { return static_cast<int>(std::max_element(x, x + n) - x); }
 
 }  // namespace
 

@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include "common/error.h"
+#include "common/stats.h"
 
 namespace kvgate::eval {
 
@@ -57,7 +58,8 @@ roc_curve roc(std::span<const float> scores, std::span<const uint8_t> labels,
 }
 
 double auc(std::span<const float> scores, std::span<const uint8_t> labels, std::span<const float> weights) {
-  return roc(scores, labels, weights).auc;
+  const double a = roc_auc(scores, labels, weights);
+  return std::isnan(a) ? 0.5 : a;
 }
 
 std::vector<roc_point> thin_roc(std::span<const roc_point> points, int max_points) {

@@ -10,6 +10,7 @@
 
 #include "common/error.h"
 #include "common/parallel.h"
+#include "eval/plot_util.h"
 #include "eval/plots.h"
 
 namespace kvgate::eval {
@@ -194,12 +195,6 @@ json build_json(const eval_report& r, const eval_input& in) {
       {"summary", summary},
       {"heads", heads},
   };
-}
-
-std::ofstream open_out(const std::string& path) {
-  std::ofstream out(path);
-  if (!out) fail("cannot write {}", path);
-  return out;
 }
 
 std::string g6(double v) { return fmt::format("{:.6g}", v); }

@@ -103,7 +103,7 @@ void batched_gemm(bool trans_a, bool trans_b, int n_batch, int m, int n, int k, 
 }
 
 template <typename T>
-void linear_forward(T* out, const T* in, const T* w, const T* b, int n_heads, int n, int n_in,
+void batched_linear_forward(T* out, const T* in, const T* w, const T* b, int n_heads, int n, int n_in,
                     int n_out, int n_threads) {
   // Bias first, then the product accumulates onto it (beta = 1): one pass over out fewer.
 #pragma omp parallel for schedule(static) num_threads(resolve_threads(n_threads))
@@ -115,7 +115,7 @@ void linear_forward(T* out, const T* in, const T* w, const T* b, int n_heads, in
 }
 
 template <typename T>
-void linear_backward(T* d_in, T* d_w, T* d_b, const T* d_out, const T* in, const T* w,
+void batched_linear_backward(T* d_in, T* d_w, T* d_b, const T* d_out, const T* in, const T* w,
                      int n_heads, int n, int n_in, int n_out, int n_threads) {
   // d_w[h] [n_in, n_out] += in[h]^T [n_in, n] * d_out[h] [n, n_out]
   batched_gemm<T>(true, false, n_heads, n_in, n_out, n, T(1), in, int64_t(n) * n_in, d_out,
@@ -204,11 +204,11 @@ template <typename T>
 void gate_forward(const gate_params<T>& p, const gate_dims& d, const T* x, int n,
                   const gate_acts<T>& a, int n_threads) {
   const int H = d.n_heads, I = d.d_in, F = d.n_hidden, O = d.n_out;
-  linear_forward(a.h1, x, p.w1, p.b1, H, n, I, F, n_threads);
+  batched_linear_forward(a.h1, x, p.w1, p.b1, H, n, I, F, n_threads);
   relu_forward(a.h1, int64_t(H) * n * F);
-  linear_forward(a.h2, a.h1, p.w2, p.b2, H, n, F, F, n_threads);
+  batched_linear_forward(a.h2, a.h1, p.w2, p.b2, H, n, F, F, n_threads);
   relu_forward(a.h2, int64_t(H) * n * F);
-  linear_forward(a.logits, a.h2, p.w3, p.b3, H, n, F, O, n_threads);
+  batched_linear_forward(a.logits, a.h2, p.w3, p.b3, H, n, F, O, n_threads);
 }
 
 template <typename T>
@@ -216,11 +216,11 @@ void gate_backward(const gate_params<T>& p, const gate_params<T>& g, const gate_
                    const T* x, int n, const gate_acts<T>& a, const T* d_logits, T* d_h1, T* d_h2,
                    int n_threads) {
   const int H = d.n_heads, I = d.d_in, F = d.n_hidden, O = d.n_out;
-  linear_backward(d_h2, g.w3, g.b3, d_logits, a.h2, p.w3, H, n, F, O, n_threads);
+  batched_linear_backward(d_h2, g.w3, g.b3, d_logits, a.h2, p.w3, H, n, F, O, n_threads);
   relu_backward(d_h2, a.h2, int64_t(H) * n * F);
-  linear_backward(d_h1, g.w2, g.b2, d_h2, a.h1, p.w2, H, n, F, F, n_threads);
+  batched_linear_backward(d_h1, g.w2, g.b2, d_h2, a.h1, p.w2, H, n, F, F, n_threads);
   relu_backward(d_h1, a.h1, int64_t(H) * n * F);
-  linear_backward<T>(nullptr, g.w1, g.b1, d_h1, x, p.w1, H, n, I, F, n_threads);
+  batched_linear_backward<T>(nullptr, g.w1, g.b1, d_h1, x, p.w1, H, n, I, F, n_threads);
 }
 
 void adam_update(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1,
@@ -240,8 +240,8 @@ void adam_update(float* p, const float* g, float* m, float* v, int64_t n, float 
   template gate_params<T> gate_head_views(const gate_params<T>&, const gate_dims&, int);          \
   template void batched_gemm(bool, bool, int, int, int, int, T, const T*, int64_t, const T*,      \
                              int64_t, T, T*, int64_t, int);                                       \
-  template void linear_forward(T*, const T*, const T*, const T*, int, int, int, int, int);        \
-  template void linear_backward(T*, T*, T*, const T*, const T*, const T*, int, int, int, int,     \
+  template void batched_linear_forward(T*, const T*, const T*, const T*, int, int, int, int, int);        \
+  template void batched_linear_backward(T*, T*, T*, const T*, const T*, const T*, int, int, int, int,     \
                                 int);                                                             \
   template void relu_forward(T*, int64_t);                                                        \
   template void relu_backward(T*, const T*, int64_t);                                             \

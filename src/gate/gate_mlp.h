@@ -66,13 +66,13 @@ void batched_gemm(bool trans_a, bool trans_b, int n_batch, int m, int n, int k, 
 
 // out = in * w + b per head. in [H, n, n_in], w [H, n_in, n_out], b [H, n_out], out [H, n, n_out].
 template <typename T>
-void linear_forward(T* out, const T* in, const T* w, const T* b, int n_heads, int n, int n_in,
+void batched_linear_forward(T* out, const T* in, const T* w, const T* b, int n_heads, int n, int n_in,
                     int n_out, int n_threads);
 // d_w += in^T * d_out and d_b += sum over rows of d_out (parameter gradients accumulate);
 // d_in = d_out * w^T is overwritten (activation gradients are scratch; null for the network input,
 // which needs no gradient).
 template <typename T>
-void linear_backward(T* d_in, T* d_w, T* d_b, const T* d_out, const T* in, const T* w,
+void batched_linear_backward(T* d_in, T* d_w, T* d_b, const T* d_out, const T* in, const T* w,
                      int n_heads, int n, int n_in, int n_out, int n_threads);
 
 // In place: x = max(x, 0).

@@ -12,6 +12,7 @@
 
 #include "common/error.h"
 #include "common/parallel.h"
+#include "common/random.h"
 #include "gguf/gguf.h"
 
 #if defined(__F16C__)
@@ -30,12 +31,7 @@ const float k_nan = std::numeric_limits<float>::quiet_NaN();
 // std:: distributions and std::shuffle are implementation-defined).
 struct rng {
   uint64_t s;
-  uint64_t next() {
-    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
+  uint64_t next() { return splitmix64_next(s); }
   uint64_t below(uint64_t n) { return next() % n; }  // modulo bias < n / 2^64: irrelevant here
   double uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }  // [0, 1)
   double normal() {  // Box-Muller, one value per call
@@ -293,31 +289,6 @@ double now_s() {
 }
 
 }  // namespace
-
-double roc_auc(std::span<const float> scores, std::span<const uint8_t> labels) {
-  const size_t n = scores.size();
-  std::vector<uint32_t> order(n);
-  std::iota(order.begin(), order.end(), 0u);
-  std::sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return scores[a] < scores[b]; });
-  // Sum of the positives' ranks (1-based, ties share their mean rank).
-  double rank_sum = 0.0;
-  int64_t n_pos = 0;
-  for (size_t i = 0; i < n;) {
-    size_t j = i;
-    while (j + 1 < n && scores[order[j + 1]] == scores[order[i]]) ++j;
-    const double mid_rank = 0.5 * double(i + 1 + j + 1);
-    for (size_t k = i; k <= j; ++k) {
-      if (labels[order[k]]) {
-        rank_sum += mid_rank;
-        ++n_pos;
-      }
-    }
-    i = j + 1;
-  }
-  const int64_t n_neg = static_cast<int64_t>(n) - n_pos;
-  if (n_pos == 0 || n_neg == 0) return std::numeric_limits<double>::quiet_NaN();
-  return (rank_sum - 0.5 * double(n_pos) * double(n_pos + 1)) / (double(n_pos) * double(n_neg));
-}
 
 // Platt scaling of one binary head: the affine map u = a z + b of its validation logits that
 // minimizes the class-balanced BCE (the loss the head was trained and early-stopped on), by

@@ -33,6 +33,7 @@
 #include <string>
 #include <vector>
 
+#include "common/stats.h"  // roc_auc, used by the trainer and its tests
 #include "gate/gate_bank.h"
 
 namespace kvgate {
@@ -113,12 +114,9 @@ gate_train_result train_gates(gate_bank& bank, std::span<const gate_examples> tr
                               std::span<const gate_examples> val, const gate_train_options& options,
                               const std::function<void(const gate_epoch_report&)>& on_epoch = {});
 
-// Area under the ROC curve of scores against 0/1 labels (Mann-Whitney with mid-ranks for ties);
-// NaN when either class is empty.
 // Platt scaling: (a, b) minimizing the class-balanced BCE of sigmoid(a z + b) against y; {1, 0}
 // when one class is missing or the fit does not lower the loss.
 std::pair<float, float> fit_platt(std::span<const float> z, std::span<const uint8_t> y);
 
-double roc_auc(std::span<const float> scores, std::span<const uint8_t> labels);
 
 }  // namespace kvgate

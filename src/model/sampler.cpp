@@ -12,6 +12,24 @@ int32_t argmax(std::span<const float> logits) {
   return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
 }
 
+double log_sum_exp(std::span<const float> logits) {
+  if (logits.empty()) fail("log_sum_exp of empty logits");
+  const double max_logit = *std::max_element(logits.begin(), logits.end());
+  double sum = 0.0;
+  for (float l : logits) sum += std::exp(l - max_logit);
+  return std::log(sum) + max_logit;
+}
+
+void log_softmax(const float* logits, int64_t n, float* out) {
+  const double log_z = log_sum_exp(std::span<const float>(logits, n));
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(logits[i] - log_z);
+}
+
+double token_nll(std::span<const float> logits, int32_t target) {
+  if (target < 0 || static_cast<size_t>(target) >= logits.size()) fail("token_nll: target {} outside [0, {})", target, logits.size());
+  return log_sum_exp(logits) - logits[target];
+}
+
 sampler::sampler(sampler_params params) : params_(params), rng_(params.seed) {}
 
 int32_t sampler::sample(std::span<const float> logits) {

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "common/error.h"
+#include "common/random.h"
 #include "policy/policy.h"
 
 namespace kvgate {
@@ -108,12 +109,7 @@ class random_scorer final : public scorer {
   }
 
  private:
-  static uint64_t mix(uint64_t x) {  // splitmix64's finalizer
-    x += 0x9e3779b97f4a7c15ull;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-  }
+  static uint64_t mix(uint64_t x) { return splitmix64(x); }
   uint64_t seed_;
 };
 

@@ -69,7 +69,13 @@ int main(int argc, char** argv) {
   int n = 0;
   for (const auto& [pre, cases] : golden["pre_tokenizers"].items()) {
     for (const auto& c : cases) {
-      const std::string text = c["text"];
+      std::string text;
+      if (c.contains("text")) {
+        text = c["text"];
+      } else {  // invalid UTF-8 cases are stored as hex
+        const std::string hex = c["hex"];
+        for (size_t i = 0; i + 1 < hex.size(); i += 2) text += static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16));
+      }
       seed("tokenizer", "text_" + std::to_string(n++), std::string(1, c["special"].get<bool>() ? 1 : 0) + text);
       std::string ids(1, '\2');
       for (int id : c["ids"]) ids.append(reinterpret_cast<const char*>(&id), 4);
