@@ -1,25 +1,31 @@
 #!/usr/bin/env python3
 """Prefill and decode speed of kvgate against llama.cpp (llama-cpp-python) on the same GGUF.
 
-    /opt/kvref/bin/python bench/compare_llamacpp.py [--kvgate build/kvgate] [--model M.gguf]
-        [--threads 2] [--repeat 3] [--prompt-tokens 512] [--n-predict 128]
+    scripts/setup_reference.sh     # the reference venv: $KVGATE_HOME/llamacpp-ref
+    "${KVGATE_HOME:-$HOME/.cache/kvgate}/llamacpp-ref/bin/python" bench/compare_llamacpp.py \
+        [--kvgate build/kvgate] [--model M.gguf] [--gates out/gates.gguf] [--threads 2] \
+        [--repeat 2] [--prompt-tokens 512,2048,4096,7600] [--n-predict 128] [--out DIR]
 
-Both engines get the same prompt text: a corpus file (Python's tutorial "classes" page if the
-system has it, else a built-in text) cut so that llama.cpp's tokenizer makes exactly 512 tokens of
-it, no BOS. Each engine then prefills the prompt and greedily decodes 128 tokens, ignoring EOS, with
-the same thread count. Timing follows kvgate's `generate` summary: prefill = the whole prompt
-forward; decode = from the first sampled token to the last (n_predict tokens, n_predict - 1
-single-token forwards). kvgate runs as `KVGATE generate --model M --prompt-file F -n 128 --temp 0
---threads N --ignore-eos` and its stderr line `kvgate: {json}` is parsed; llama.cpp runs in a
-child process of this script so its peak RSS can be read with getrusage (that figure includes the
-Python interpreter, about 30-40 MB; the RSS before the model is loaded is reported too).
+For each prompt length, both engines get the same prompt text: a corpus file (git's user manual
+if the system has it, else Python's tutorial, else a built-in text) cut so that llama.cpp's
+tokenizer makes exactly that many tokens of it, no BOS. Each engine then prefills the prompt and
+greedily decodes 128 tokens, ignoring EOS, with the same thread count. kvgate runs twice per round:
+the full cache, and (with --gates) the learned policy in budget mode holding about --kv-share
+(default 25%) of the prompt's KV (`--policy learned --budget B`, B = share x prompt - sinks -
+window, at least 1), evicting between prefill chunks. Timing follows kvgate's `generate` summary:
+prefill = the whole prompt forward; decode = from the first sampled token to the last (n_predict
+tokens, n_predict - 1 single-token forwards). kvgate runs as `KVGATE generate --model M
+--prompt-file F -n 128 --temp 0 --threads N --ignore-eos [policy flags]` and its stderr line
+`kvgate: {json}` is parsed; llama.cpp runs in a child process of this script so its peak RSS can be
+read with getrusage (that figure includes the Python interpreter, about 30-40 MB).
 
 Run it on an otherwise idle machine: llama.cpp's OpenMP threads spin at barriers, and with more
 runnable threads than cores its speed collapses (seen: 2 threads on a busy 2-core box decoding
 30x slower than 1 thread); --omp-passive makes them sleep instead.
 
-Runs alternate (kvgate, llama.cpp, kvgate, ...); the best run of each is reported, with the
-median beside it. A human summary goes to stderr, one JSON document to stdout.
+Runs alternate (kvgate full, kvgate learned, llama.cpp, ...); the best run of each is reported,
+with the median beside it. A table of ratios goes to stderr, one JSON document to stdout and, with
+--out, compare.json plus compare.png (gnuplot) in that directory.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_MODEL = os.path.expanduser("~/.cache/kvgate/models/SmolLM2-135M-Instruct.Q4_1.gguf")
 CORPUS_CANDIDATES = [
+    "/usr/share/doc/git/html/user-manual.txt",  # ~45k tokens: room for 7,600
     "/usr/share/doc/python3.11/html/_sources/tutorial/classes.rst.txt",
     "/usr/share/doc/python3/html/_sources/tutorial/classes.rst.txt",
 ]
@@ -69,7 +76,7 @@ def corpus_text() -> tuple[str, str]:
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
                 return f.read(), path
-    return BUILTIN_TEXT * 8, "built-in text"
+    return BUILTIN_TEXT * 200, "built-in text"
 
 
 def make_prompt(model: str, n_tokens: int) -> tuple[str, int, str]:
@@ -172,10 +179,10 @@ def llama_worker(args) -> None:
     print(json.dumps(res))
 
 
-def run_llama(args, prompt_file: str) -> dict:
+def run_llama(args, prompt_file: str, n_prompt: int) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--_worker", "--model", args.model,
            "--threads", str(args.threads), "--batch", str(args.batch), "--kv-type", args.kv_type,
-           "--prompt-tokens", str(args.prompt_tokens), "--n-predict", str(args.n_predict),
+           "--prompt-tokens", str(n_prompt), "--n-predict", str(args.n_predict),
            "--_prompt-file", prompt_file]
     if args.flash_attn:
         cmd.append("--flash-attn")
@@ -192,9 +199,10 @@ def run_llama(args, prompt_file: str) -> dict:
 # kvgate
 
 
-def run_kvgate(args, prompt_file: str, workdir: str) -> dict:
+def run_kvgate(args, prompt_file: str, workdir: str, extra: list | None = None) -> dict:
     cmd = [args.kvgate, "generate", "--model", args.model, "--prompt-file", prompt_file,
-           "-n", str(args.n_predict), "--temp", "0", "--threads", str(args.threads), "--ignore-eos"]
+           "-n", str(args.n_predict), "--temp", "0", "--threads", str(args.threads), "--ignore-eos",
+           "--kv-type", args.kvgate_kv_type] + (extra or [])
     out_path, err_path = os.path.join(workdir, "kvgate.out"), os.path.join(workdir, "kvgate.err")
     t0 = time.perf_counter()
     with open(out_path, "wb") as fo, open(err_path, "wb") as fe:
@@ -225,13 +233,105 @@ def summarize(runs: list, key: str) -> dict:
     return {"best": max(vals), "median": statistics.median(vals), "all": vals}
 
 
+def learned_flags(args, n_prompt: int) -> list:
+    sinks, window = 4, 128
+    budget = max(1, int(round(args.kv_share * n_prompt)) - sinks - window)
+    return ["--policy", "learned", "--gates", args.gates, "--budget", str(budget),
+            "--sinks", str(sinks), "--window", str(window)]
+
+
+def engine_summary(runs: list) -> dict:
+    out = {
+        "prefill_tok_s": summarize(runs, "prefill_tok_s"),
+        "decode_tok_s": summarize(runs, "decode_tok_s"),
+        "prompt_tokens": runs[0].get("prompt_tokens"),
+        "decode_tokens": runs[0].get("decode_tokens"),
+    }
+    for key in ("kv_bytes", "kv_share_mean", "kv_bytes_peak", "first_tokens", "rss_before_load_mb"):
+        if key in runs[0]:
+            out[key] = runs[0][key]
+    out["peak_rss_mb"] = max(r.get("process_peak_rss_mb") or r.get("peak_rss_mb") or 0 for r in runs)
+    return out
+
+
+def one_length(args, n_tokens: int, work: str) -> dict:
+    text, n_tok, source = make_prompt(args.model, n_tokens)
+    prompt_file = os.path.join(work, f"prompt_{n_tokens}.txt")
+    with open(prompt_file, "w", encoding="utf-8") as f:
+        f.write(text)
+    if args.prompt_out:
+        with open(f"{args.prompt_out}.{n_tokens}", "w", encoding="utf-8") as f:
+            f.write(text)
+    engines = {"kvgate_full": [], "kvgate_learned": [], "llama_cpp": []}
+    for r in range(args.repeat):
+        if not args.skip_kvgate:
+            engines["kvgate_full"].append(run_kvgate(args, prompt_file, work))
+            if args.gates:
+                engines["kvgate_learned"].append(run_kvgate(args, prompt_file, work, learned_flags(args, n_tok)))
+        if not args.skip_llama:
+            engines["llama_cpp"].append(run_llama(args, prompt_file, n_tok))
+        for name, runs in engines.items():
+            if len(runs) == r + 1:
+                k = runs[-1]
+                print(f"[{n_tok} tokens {r + 1}/{args.repeat}] {name:15s} prefill {k['prefill_tok_s']:8.1f} tok/s  "
+                      f"decode {k['decode_tok_s']:7.2f} tok/s", file=sys.stderr)
+    res = {"prompt_tokens_llama_tokenizer": n_tok, "prompt_source": source}
+    for name, runs in engines.items():
+        if runs:
+            res[name] = engine_summary(runs)
+    if "llama_cpp" in res:
+        lb = res["llama_cpp"]
+        for name in ("kvgate_full", "kvgate_learned"):
+            if name in res:
+                kb = res[name]
+                res[f"ratio_{name}_over_llama"] = {
+                    "prefill": kb["prefill_tok_s"]["best"] / lb["prefill_tok_s"]["best"],
+                    "decode": kb["decode_tok_s"]["best"] / lb["decode_tok_s"]["best"],
+                }
+    return res
+
+
+def plot(result: dict, out_dir: str) -> None:
+    """compare.png: decode and prefill tok/s against prompt length, one line per engine (gnuplot)."""
+    import shutil
+
+    if not shutil.which("gnuplot"):
+        print("gnuplot not found: no plot", file=sys.stderr)
+        return
+    names = ["kvgate_full", "kvgate_learned", "llama_cpp"]
+    data = os.path.join(out_dir, "compare.dat")
+    with open(data, "w") as f:
+        f.write("# prompt " + " ".join(f"{n}_decode {n}_prefill" for n in names) + "\n")
+        for row in result["lengths"]:
+            vals = []
+            for n in names:
+                e = row.get(n)
+                vals += [f"{e['decode_tok_s']['best']:.3f}", f"{e['prefill_tok_s']['best']:.3f}"] if e else ["NaN", "NaN"]
+            f.write(f"{row['prompt_tokens_llama_tokenizer']} " + " ".join(vals) + "\n")
+    titles = {"kvgate_full": "kvgate, full cache", "kvgate_learned": f"kvgate, learned at {result['kv_share']:.0%} KV",
+              "llama_cpp": "llama.cpp (f16 KV)"}
+    lines = []
+    for col, what in ((0, "decode"), (1, "prefill")):
+        plots = ", ".join(f"'{data}' using 1:{2 + 2 * i + col} with linespoints lw 2 title '{titles[n]}'"
+                          for i, n in enumerate(names))
+        lines.append(f"set title '{what} ({result['threads']} threads)'; set xlabel 'prompt tokens'; "
+                     f"set ylabel 'tok/s'; set logscale x 2; set yrange [0:*]; plot {plots}")
+    script = (f"set terminal pngcairo size 1200,500 noenhanced; set output '{os.path.join(out_dir, 'compare.png')}'; "
+              "set multiplot layout 1,2; set key bottom left; " + "; ".join(lines) + "; unset multiplot")
+    subprocess.run(["gnuplot", "-e", script], check=False)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kvgate", default=os.path.join(ROOT, "build", "kvgate"))
     ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap.add_argument("--gates", help="gate bank for the learned run (skipped without it)")
+    ap.add_argument("--kv-share", type=float, default=0.25, help="KV share the learned run keeps")
+    ap.add_argument("--kvgate-kv-type", default="f16", choices=["f32", "f16", "q8_0"])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=1)
-    ap.add_argument("--prompt-tokens", type=int, default=512)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--prompt-tokens", default="512,2048,4096,7600",
+                    help="comma-separated prompt lengths (llama.cpp tokens)")
     ap.add_argument("--n-predict", type=int, default=128)
     ap.add_argument("--batch", type=int, default=512, help="llama.cpp n_batch = n_ubatch")
     ap.add_argument("--kv-type", choices=["f16", "f32"], default="f16",
@@ -240,7 +340,8 @@ def main(argv=None) -> int:
     ap.add_argument("--omp-passive", action="store_true",
                     help="OMP_WAIT_POLICY=PASSIVE for llama.cpp: its OpenMP threads otherwise spin at "
                          "barriers and collapse when the machine is oversubscribed")
-    ap.add_argument("--prompt-out", help="also save the prompt text here")
+    ap.add_argument("--out", help="directory for compare.json and compare.png")
+    ap.add_argument("--prompt-out", help="also save each prompt text as PREFIX.<tokens>")
     ap.add_argument("--skip-kvgate", action="store_true")
     ap.add_argument("--skip-llama", action="store_true")
     ap.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
@@ -248,89 +349,71 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     if args._worker:
+        args.prompt_tokens = int(args.prompt_tokens)
         llama_worker(args)
         return 0
 
     import llama_cpp
 
+    lengths = [int(x) for x in str(args.prompt_tokens).split(",") if x.strip()]
+    if not lengths or min(lengths) < 1:
+        raise SystemExit(f"--prompt-tokens: expected positive lengths, got {args.prompt_tokens!r}")
     if not os.path.exists(args.model):
         raise SystemExit(f"model not found: {args.model}")
+    if args.gates and not os.path.exists(args.gates):
+        raise SystemExit(f"gate file not found: {args.gates}")
     if not args.skip_kvgate and not os.access(args.kvgate, os.X_OK):
         raise SystemExit(f"kvgate executable not found: {args.kvgate} (build it, or pass --kvgate)")
-    text, n_tok, source = make_prompt(args.model, args.prompt_tokens)
-    with tempfile.TemporaryDirectory(prefix="kvgate-bench-") as work:
-        prompt_file = os.path.join(work, "prompt.txt")
-        with open(prompt_file, "w", encoding="utf-8") as f:
-            f.write(text)
-        if args.prompt_out:
-            with open(args.prompt_out, "w", encoding="utf-8") as f:
-                f.write(text)
-        kv_runs, ll_runs = [], []
-        for r in range(args.repeat):
-            if not args.skip_kvgate:
-                kv_runs.append(run_kvgate(args, prompt_file, work))
-                k = kv_runs[-1]
-                print(f"[{r + 1}/{args.repeat}] kvgate    prefill {k['prefill_tok_s']:8.1f} tok/s  "
-                      f"decode {k['decode_tok_s']:7.2f} tok/s  ({k['prompt_tokens']} prompt tokens)",
-                      file=sys.stderr)
-            if not args.skip_llama:
-                ll_runs.append(run_llama(args, prompt_file))
-                k = ll_runs[-1]
-                print(f"[{r + 1}/{args.repeat}] llama.cpp prefill {k['prefill_tok_s']:8.1f} tok/s  "
-                      f"decode {k['decode_tok_s']:7.2f} tok/s  ({k['prompt_tokens']} prompt tokens)",
-                      file=sys.stderr)
 
     result = {
         "model": os.path.basename(args.model),
         "threads": args.threads,
-        "prompt_source": source,
-        "prompt_tokens_llama_tokenizer": n_tok,
         "n_predict": args.n_predict,
+        "repeat": args.repeat,
+        "kv_share": args.kv_share,
+        "kvgate_kv_type": args.kvgate_kv_type,
         "llama_cpp_python": llama_cpp.__version__,
         "llama_settings": {"n_batch": args.batch, "n_ubatch": args.batch, "kv_type": args.kv_type,
                            "flash_attn": args.flash_attn,
                            "omp_wait_policy": "PASSIVE" if args.omp_passive else os.environ.get("OMP_WAIT_POLICY", "default")},
+        "cpu": cpu_name(),
+        "lengths": [],
     }
-    if kv_runs:
-        result["kvgate"] = {
-            "prefill_tok_s": summarize(kv_runs, "prefill_tok_s"),
-            "decode_tok_s": summarize(kv_runs, "decode_tok_s"),
-            "prompt_tokens": kv_runs[0].get("prompt_tokens"),
-            "decode_tokens": kv_runs[0].get("decode_tokens"),
-            "kv_bytes": kv_runs[0].get("kv_bytes"),
-            "peak_rss_mb": max(r.get("peak_rss_mb") or 0 for r in kv_runs),
-            "process_peak_rss_mb": max(r["process_peak_rss_mb"] for r in kv_runs),
-        }
-        if kv_runs[0].get("prompt_tokens") != n_tok:
-            result["kvgate"]["warning"] = (f"kvgate tokenized the prompt into {kv_runs[0].get('prompt_tokens')} "
-                                           f"tokens, llama.cpp into {n_tok}")
-    if ll_runs:
-        result["llama_cpp"] = {
-            "prefill_tok_s": summarize(ll_runs, "prefill_tok_s"),
-            "decode_tok_s": summarize(ll_runs, "decode_tok_s"),
-            "prompt_tokens": ll_runs[0]["prompt_tokens"],
-            "decode_tokens": ll_runs[0]["decode_tokens"],
-            "peak_rss_mb": max(r["peak_rss_mb"] for r in ll_runs),
-            "rss_before_load_mb": ll_runs[0]["rss_before_load_mb"],
-            "first_tokens": ll_runs[0]["first_tokens"],
-        }
-    if kv_runs and ll_runs:
-        kb, lb = result["kvgate"], result["llama_cpp"]
-        result["ratio_kvgate_over_llama"] = {
-            "prefill": kb["prefill_tok_s"]["best"] / lb["prefill_tok_s"]["best"],
-            "decode": kb["decode_tok_s"]["best"] / lb["decode_tok_s"]["best"],
-        }
-        rt = result["ratio_kvgate_over_llama"]
-        print(f"best of {args.repeat}, {args.threads} threads, {n_tok}-token prompt, "
-              f"{args.n_predict} decoded:", file=sys.stderr)
-        print(f"  prefill  kvgate {kb['prefill_tok_s']['best']:8.1f}  llama.cpp {lb['prefill_tok_s']['best']:8.1f}"
-              f"  tok/s  ratio {rt['prefill']:.2f}", file=sys.stderr)
-        print(f"  decode   kvgate {kb['decode_tok_s']['best']:8.2f}  llama.cpp {lb['decode_tok_s']['best']:8.2f}"
-              f"  tok/s  ratio {rt['decode']:.2f}", file=sys.stderr)
-        print(f"  peak RSS kvgate {kb['process_peak_rss_mb']:.0f} MB  llama.cpp {lb['peak_rss_mb']:.0f} MB "
-              f"(python alone {lb['rss_before_load_mb']:.0f} MB)", file=sys.stderr)
-    print(json.dumps(result, indent=2))
+    with tempfile.TemporaryDirectory(prefix="kvgate-bench-") as work:
+        for n in lengths:
+            result["lengths"].append(one_length(args, n, work))
+
+    print(f"best of {args.repeat}, {args.threads} threads, {args.n_predict} decoded; ratios kvgate / llama.cpp:",
+          file=sys.stderr)
+    print(f"{'prompt':>7} {'decode full':>12} {'decode learned':>15} {'prefill full':>13} {'prefill learned':>16}",
+          file=sys.stderr)
+    for row in result["lengths"]:
+        full = row.get("ratio_kvgate_full_over_llama", {})
+        learned = row.get("ratio_kvgate_learned_over_llama", {})
+        fmt = lambda d, k: f"{d[k]:.2f}x" if k in d else "-"
+        print(f"{row['prompt_tokens_llama_tokenizer']:>7} {fmt(full, 'decode'):>12} {fmt(learned, 'decode'):>15} "
+              f"{fmt(full, 'prefill'):>13} {fmt(learned, 'prefill'):>16}", file=sys.stderr)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        tmp = os.path.join(args.out, "compare.json.tmp")
+        with open(tmp, "w") as f:
+            f.write(text + "\n")
+        os.replace(tmp, os.path.join(args.out, "compare.json"))
+        plot(result, args.out)
     return 0
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
 
 
 if __name__ == "__main__":

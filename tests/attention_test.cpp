@@ -69,7 +69,7 @@ TEST(attention_kernel, matches_double_reference_for_every_type_group_and_hole_pa
   std::normal_distribution<float> nd(0.0f, 1.0f);
   int n_checked = 0;
   for (kv_type type : {kv_type::f32, kv_type::f16, kv_type::q8_0}) {
-    for (int d : {16, 64, 80}) {
+    for (int d : {16, 20, 64, 80}) {  // 20: the portable path (d not a multiple of 8)
       for (int n : {1, 7, 31, 33, 255, 257, 601}) {
         for (int pattern = 0; pattern < 4; ++pattern) {
           for (int n_q : {1, 2, 3, 4, 5, 8, 24, 33}) {

@@ -4,12 +4,15 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <nlohmann/json.hpp>
+#include <map>
 #include <random>
 #include <vector>
 
 #include "common/error.h"
 #include "gguf/gguf.h"
 #include "kv/cache.h"
+#include "test_util.h"
 
 namespace kvgate {
 namespace {
@@ -122,6 +125,30 @@ TEST(kv_cache, eviction_leaves_holes_until_they_pass_the_fraction_then_compacts)
   EXPECT_EQ(masked.evict(0, 0, keep), 39u);
   EXPECT_EQ(masked.head(0, 0).n_slots(), 40u);
   EXPECT_EQ(masked.n_live(0, 0), 1u);
+}
+
+// The CLI flag: each type generates and reports its bytes (f32 rows twice f16's); a bad name is a
+// clear error.
+TEST(kv_cache, generate_kv_type_flag_sets_the_storage_and_its_bytes) {
+  std::map<std::string, double> bytes;
+  for (const char* type : {"f32", "f16", "q8_0"}) {
+    const test::kvgate_result r = test::run_kvgate("generate --model " + test::default_model_path() +
+                                                   " --prompt 'The capital of France is' -n 4 --temp 0 --kv-type " + type);
+    ASSERT_EQ(r.status, 0) << r.err;
+    const size_t at = r.err.find("kvgate: {");
+    ASSERT_NE(at, std::string::npos) << r.err;
+    const auto j = nlohmann::json::parse(r.err.substr(at + 8));
+    EXPECT_EQ(j["kv_type"], type);
+    bytes[type] = j["kv_bytes"].get<double>();
+  }
+  const double per_slot_extras = 4 + 1 + 12;  // position, mask byte, three float extras
+  const double slots = bytes["f32"] / (2 * 64 * 4 + per_slot_extras);
+  EXPECT_DOUBLE_EQ(bytes["f16"], slots * (2 * 64 * 2 + per_slot_extras));
+  EXPECT_DOUBLE_EQ(bytes["q8_0"], slots * (2 * 68 + per_slot_extras));
+  const test::kvgate_result bad = test::run_kvgate("generate --model " + test::default_model_path() +
+                                                   " --prompt hi -n 1 --kv-type q4_0");
+  EXPECT_EQ(bad.status, 1);
+  EXPECT_NE(bad.err.find("kvgate: error: unknown KV type 'q4_0'"), std::string::npos) << bad.err;
 }
 
 }  // namespace

@@ -96,6 +96,39 @@ TEST_P(linear_kernels, forward_matches_scalar_reference_on_all_paths) {
   std::printf("%s: worst |y - ref| / sum|w x| = %.3g\n", std::string(gguf::traits(type).name).c_str(), worst);
 }
 
+TEST(linear, forward_multi_equals_one_forward_per_weight) {
+  // Q/K/V-like shapes of mixed types (the fused decode path when all have integer kernels, the
+  // fallback otherwise), decode and prefill row counts: the same bits as separate calls.
+  std::mt19937_64 rng(5);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  linear_scratch scratch;
+  for (auto types : {std::vector<tensor_type>{tensor_type::q4_1, tensor_type::q4_0, tensor_type::q8_0},
+                     std::vector<tensor_type>{tensor_type::q4_1, tensor_type::f16}}) {
+    std::vector<weight_buffer> wb;
+    const int64_t n_in = 192;
+    for (size_t i = 0; i < types.size(); ++i) wb.push_back(make_weight(types[i], n_in, 40 + 13 * static_cast<int64_t>(i), rng));
+    for (int64_t n_rows : {int64_t{1}, int64_t{2}, int64_t{9}}) {
+      std::vector<float> x(n_rows * n_in);
+      for (float& v : x) v = normal(rng);
+      std::vector<std::vector<float>> y(wb.size()), y_ref(wb.size());
+      std::vector<const linear*> ws;
+      std::vector<float*> ys;
+      for (size_t i = 0; i < wb.size(); ++i) {
+        y[i].assign(n_rows * wb[i].w.n_out, -1.0f);
+        y_ref[i].resize(y[i].size());
+        linear_forward(wb[i].w, x.data(), y_ref[i].data(), n_rows, scratch);
+        ws.push_back(&wb[i].w);
+        ys.push_back(y[i].data());
+      }
+      linear_forward_multi(ws, x.data(), ys, n_rows, scratch);
+      for (size_t i = 0; i < wb.size(); ++i) {
+        EXPECT_EQ(0, std::memcmp(y[i].data(), y_ref[i].data(), y[i].size() * sizeof(float)))
+            << "weight " << i << " n_rows " << n_rows;
+      }
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(types, linear_kernels,
                          ::testing::Values(tensor_type::f32, tensor_type::f16, tensor_type::bf16, tensor_type::q8_0,
                                            tensor_type::q4_0, tensor_type::q4_1, tensor_type::q4_k,

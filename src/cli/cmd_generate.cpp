@@ -103,6 +103,7 @@ void register_generate(CLI::App& app) {
         {"stop", stop},
         {"kv_slots", s.cache().n_live_total()},
         {"kv_bytes", s.cache().bytes_total()},
+        {"kv_type", kv_type_name(s.cache().type())},
         {"threads", compute_threads()},
         {"peak_rss_mb", peak_rss_mb()},
     };

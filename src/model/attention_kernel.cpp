@@ -1,6 +1,7 @@
 #include "model/attention_kernel.h"
 
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <limits>
 
@@ -37,6 +38,98 @@ inline const float* row_f32(const kv_rows& r, uint32_t j, float* buf) {
   return buf;
 }
 
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define KVGATE_ATTN_AVX2 1
+constexpr int k_sub = 4;  // queries whose accumulators stay in registers together
+
+// Elements [i, i + 8) of a stored row as floats (i a multiple of 8, so q8_0 loads stay in a block).
+template <kv_type T>
+inline __m256 load8(const uint8_t* row, int i) {
+  if constexpr (T == kv_type::f32) {
+    return _mm256_loadu_ps(reinterpret_cast<const float*>(row) + i);
+  } else if constexpr (T == kv_type::f16) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * i)));
+  } else {
+    const uint8_t* b = row + (i / 32) * 34;
+    uint16_t hs;
+    std::memcpy(&hs, b, 2);
+    const __m128i qi = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b + 2 + i % 32));
+    return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(qi)), _mm256_set1_ps(_cvtsh_ss(hs)));
+  }
+}
+
+inline float hsum8(__m256 v) {
+  __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+  x = _mm_add_ss(x, _mm_movehdup_ps(x));
+  return _mm_cvtss_f32(x);
+}
+
+// s[g][j] = dot(q_g, k_j) * scale for NG queries and the block's nb slots: each K element is
+// loaded (converted) once for the NG queries, whose sums stay in registers.
+template <kv_type T, int NG>
+void block_scores(const kv_rows& k, const uint32_t* idx, int nb, const float* q, int d, float scale,
+                  float (*s)[k_attn_block]) {
+  for (int j = 0; j < nb; ++j) {
+    const uint8_t* row = k.row(idx[j]);
+    __m256 acc[NG];
+    for (int g = 0; g < NG; ++g) acc[g] = _mm256_setzero_ps();
+    for (int i = 0; i < d; i += 8) {
+      const __m256 kv = load8<T>(row, i);
+      for (int g = 0; g < NG; ++g) acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * d + i), kv, acc[g]);
+    }
+    for (int g = 0; g < NG; ++g) s[g][j] = hsum8(acc[g]) * scale;
+  }
+}
+
+// o_g += sum_j p[g][j] v_j for NG queries: 8 output columns at a time stay in registers over the
+// block's slots.
+template <kv_type T, int NG>
+void block_values(const kv_rows& v, const uint32_t* idx, int nb, const float (*p)[k_attn_block], float* o, int d) {
+  for (int i = 0; i < d; i += 8) {
+    __m256 acc[NG];
+    for (int g = 0; g < NG; ++g) acc[g] = _mm256_loadu_ps(o + g * d + i);
+    for (int j = 0; j < nb; ++j) {
+      const __m256 vv = load8<T>(v.row(idx[j]), i);
+      for (int g = 0; g < NG; ++g) acc[g] = _mm256_fmadd_ps(_mm256_broadcast_ss(&p[g][j]), vv, acc[g]);
+    }
+    for (int g = 0; g < NG; ++g) _mm256_storeu_ps(o + g * d + i, acc[g]);
+  }
+}
+
+template <kv_type T>
+void block_pass(bool scores, const kv_rows& rows, const uint32_t* idx, int nb, const float* q, int n_q, int d,
+                float scale, float (*s)[k_attn_block], float* o) {
+  for (int g0 = 0; g0 < n_q; g0 += k_sub) {
+    const int ng = std::min(k_sub, n_q - g0);
+    const float* qg = q + static_cast<size_t>(g0) * d;
+    float* og = o + static_cast<size_t>(g0) * d;
+    float (*sg)[k_attn_block] = s + g0;
+    switch (ng) {
+#define KVGATE_CASE(N)                                                     \
+  case N:                                                                  \
+    if (scores) block_scores<T, N>(rows, idx, nb, qg, d, scale, sg);       \
+    else block_values<T, N>(rows, idx, nb, sg, og, d);                     \
+    break;
+      KVGATE_CASE(1)
+      KVGATE_CASE(2)
+      KVGATE_CASE(3)
+      KVGATE_CASE(4)
+#undef KVGATE_CASE
+    }
+  }
+}
+
+void block_pass_any(bool scores, const kv_rows& rows, const uint32_t* idx, int nb, const float* q, int n_q, int d,
+                    float scale, float (*s)[k_attn_block], float* o) {
+  switch (rows.type()) {
+    case kv_type::f32: block_pass<kv_type::f32>(scores, rows, idx, nb, q, n_q, d, scale, s, o); return;
+    case kv_type::f16: block_pass<kv_type::f16>(scores, rows, idx, nb, q, n_q, d, scale, s, o); return;
+    case kv_type::q8_0: block_pass<kv_type::q8_0>(scores, rows, idx, nb, q, n_q, d, scale, s, o); return;
+  }
+}
+#endif
+
 void attend_chunk_group(const kv_rows& k, const kv_rows& v, std::span<const slot_run> runs,
                         size_t live_first, size_t live_end, const float* q, int n_q, const uint32_t* limit,
                         float scale, float* m, float* l, float* o) {
@@ -45,6 +138,9 @@ void attend_chunk_group(const kv_rows& k, const kv_rows& v, std::span<const slot
   alignas(32) float s[k_attn_max_group][B];  // scores, then probabilities
   alignas(32) float kbuf[k_attn_max_d], vbuf[k_attn_max_d];
   uint32_t idx[B];
+#ifdef KVGATE_ATTN_AVX2
+  const bool fast = d % 8 == 0;  // else the portable path (also the non-AVX2 build's)
+#endif
   for (int g = 0; g < n_q; ++g) {
     m[g] = -std::numeric_limits<float>::infinity();
     l[g] = 0.0f;
@@ -64,9 +160,16 @@ void attend_chunk_group(const kv_rows& k, const kv_rows& v, std::span<const slot
     const size_t block_first = live;
     live += nb;
 
-    for (int j = 0; j < nb; ++j) {
-      const float* kr = row_f32(k, idx[j], kbuf);
-      for (int g = 0; g < n_q; ++g) s[g][j] = simd::dot(q + static_cast<size_t>(g) * d, kr, d) * scale;
+#ifdef KVGATE_ATTN_AVX2
+    if (fast) {
+      block_pass_any(true, k, idx, nb, q, n_q, d, scale, s, o);
+    } else
+#endif
+    {
+      for (int j = 0; j < nb; ++j) {
+        const float* kr = row_f32(k, idx[j], kbuf);
+        for (int g = 0; g < n_q; ++g) s[g][j] = simd::dot(q + static_cast<size_t>(g) * d, kr, d) * scale;
+      }
     }
     for (int g = 0; g < n_q; ++g) {
       // Query g sees a prefix of the block: nv slots.
@@ -91,6 +194,12 @@ void attend_chunk_group(const kv_rows& k, const kv_rows& v, std::span<const slot
       for (int j = 0; j < B; ++j) sum += s[g][j];
       l[g] += sum;
     }
+#ifdef KVGATE_ATTN_AVX2
+    if (fast) {
+      block_pass_any(false, v, idx, nb, q, n_q, d, scale, s, o);
+      continue;
+    }
+#endif
     for (int j = 0; j < nb; ++j) {
       const float* vr = row_f32(v, idx[j], vbuf);
       for (int g = 0; g < n_q; ++g) simd::axpy(s[g][j], vr, o + static_cast<size_t>(g) * d, d);

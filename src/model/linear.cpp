@@ -1,5 +1,7 @@
 #include "model/linear.h"
 
+#include "common/error.h"
+
 #include <cblas.h>
 #include <omp.h>
 
@@ -280,6 +282,32 @@ void linear_forward(const linear& w, const float* x, float* y, int64_t n_rows, l
                   static_cast<blasint>(w.n_in), wf, static_cast<blasint>(w.n_in), 0.0f, y + o0,
                   static_cast<blasint>(w.n_out));
     }
+  }
+}
+
+void linear_forward_multi(std::span<const linear* const> w, const float* x, std::span<float* const> y,
+                          int64_t n_rows, linear_scratch& scratch) {
+  if (w.size() != y.size()) fail("linear_forward_multi: {} weights but {} outputs", w.size(), y.size());
+  bool fused = n_rows < k_sgemm_min_rows && !w.empty() && w.size() <= 4;
+  for (const linear* wi : w) fused = fused && has_integer_kernel(wi->type) && wi->n_in == w[0]->n_in;
+  if (!fused) {
+    for (size_t i = 0; i < w.size(); ++i) linear_forward(*w[i], x, y[i], n_rows, scratch);
+    return;
+  }
+  const int64_t n_in = w[0]->n_in;
+  thread_local std::vector<q8_activations> xq_storage;
+  std::vector<q8_activations>* xq = &xq_storage;
+  xq->resize(n_rows);
+  for (int64_t r = 0; r < n_rows; ++r) quantize_activations(x + r * n_in, n_in, (*xq)[r]);
+  int64_t first[5] = {0};  // first output row of each weight in the joint range
+  for (size_t i = 0; i < w.size(); ++i) first[i + 1] = first[i] + w[i]->n_out;
+  const int64_t n_total = first[w.size()];
+#pragma omp parallel for schedule(static) num_threads(g_threads)
+  for (int64_t o = 0; o < n_total; ++o) {
+    size_t i = 0;
+    while (o >= first[i + 1]) ++i;
+    const int64_t oi = o - first[i], n_out = w[i]->n_out;
+    for (int64_t r = 0; r < n_rows; ++r) y[i][r * n_out + oi] = row_dot_q8(*w[i], oi, (*xq)[r]);
   }
 }
 

@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "gguf/gguf.h"
@@ -37,6 +38,12 @@ inline constexpr int64_t k_sgemm_min_rows = 8;
 
 // y[n_rows, n_out] = x[n_rows, n_in] * W^T. Uses the OpenMP thread count of the caller's team.
 void linear_forward(const linear& w, const float* x, float* y, int64_t n_rows, linear_scratch& scratch);
+
+// Several weights that read the same input x [n_rows, n_in] (Q, K, V; gate, up):
+// y[i] [n_rows, w[i]->n_out] = x * W_i^T. On the decode path x is quantized once and one parallel
+// launch covers the rows of all the weights; results are bit-identical to one linear_forward each.
+void linear_forward_multi(std::span<const linear* const> w, const float* x, std::span<float* const> y,
+                          int64_t n_rows, linear_scratch& scratch);
 
 // Dot product of row i of W with x[n_in] (the decode kernel, exposed for tests and benchmarks).
 float linear_row_dot(const linear& w, int64_t i, const float* x);

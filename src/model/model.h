@@ -126,6 +126,7 @@ class session {
   std::vector<float> gate_;    // [n, n_ff]
   std::vector<float> up_;      // [n, n_ff]
   std::vector<float> logits_;  // [n or 1, n_vocab]
+  std::vector<float> rope_cos_, rope_sin_;  // [n, n_rot / 2] of the step's positions
   std::vector<std::vector<float>> attn_weights_;  // [n_head][n, n_slots] for the observer
   std::vector<float> attn_m_, attn_l_;  // [n, n_head] softmax max score and sum relative to it
   std::vector<std::vector<slot_run>> runs_;  // [n_kv_head] live slots of the current layer

@@ -30,18 +30,30 @@ void add_bias(float* y, const std::vector<float>& b, int64_t n_rows) {
     for (int64_t i = 0; i < n; ++i) y[r * n + i] += b[i];
 }
 
-// Rotates the first n_rot dims of every head vector of x [n_tok, n_heads, d_head] by its
-// token's position.
-void rope(float* x, const int32_t* pos, int n_tok, int n_heads, int d_head, int n_rot, float base,
-          rope_style style) {
+// cos_t, sin_t [n_tok, n_rot / 2]: the rotation angles of each token's position, built once per
+// step for all layers.
+void rope_tables(const int32_t* pos, int n_tok, int n_rot, float base, std::vector<float>& cos_t,
+                 std::vector<float>& sin_t) {
   const int half = n_rot / 2;
-  std::vector<float> cos_t(half), sin_t(half);
+  cos_t.resize(static_cast<size_t>(n_tok) * half);
+  sin_t.resize(cos_t.size());
   for (int t = 0; t < n_tok; ++t) {
     for (int i = 0; i < half; ++i) {
       const double theta = pos[t] * std::pow(static_cast<double>(base), -2.0 * i / n_rot);
-      cos_t[i] = static_cast<float>(std::cos(theta));
-      sin_t[i] = static_cast<float>(std::sin(theta));
+      cos_t[static_cast<size_t>(t) * half + i] = static_cast<float>(std::cos(theta));
+      sin_t[static_cast<size_t>(t) * half + i] = static_cast<float>(std::sin(theta));
     }
+  }
+}
+
+// Rotates the first n_rot dims of every head vector of x [n_tok, n_heads, d_head] by its
+// token's position (tables from rope_tables).
+void rope(float* x, const float* cos_all, const float* sin_all, int n_tok, int n_heads, int d_head, int n_rot,
+          rope_style style) {
+  const int half = n_rot / 2;
+  for (int t = 0; t < n_tok; ++t) {
+    const float* cos_t = cos_all + static_cast<size_t>(t) * half;
+    const float* sin_t = sin_all + static_cast<size_t>(t) * half;
     for (int h = 0; h < n_heads; ++h) {
       float* v = x + (static_cast<int64_t>(t) * n_heads + h) * d_head;
       for (int i = 0; i < half; ++i) {
@@ -101,6 +113,7 @@ std::span<const float> session::step(std::span<const int32_t> tokens, logits_mod
     const linear& e = model_.token_embd();
     gguf::dequantize(e.type, e.row(tokens[t]), x_.data() + static_cast<size_t>(t) * c.n_embd, c.n_embd);
   }
+  rope_tables(pos.data(), n, c.n_rot, c.rope_base, rope_cos_, rope_sin_);
   for (int il = 0; il < c.n_layer; ++il) forward_layer(il, n, pos.data());
   n_past_ += n;
 
@@ -130,9 +143,11 @@ void session::forward_layer(int il, int n, const int32_t* pos) {
   q_.resize(n * n_q);
   k_.resize(n * n_kv);
   v_.resize(n * n_kv);
-  linear_forward(l.wq, xn_.data(), q_.data(), n, scratch_);
-  linear_forward(l.wk, xn_.data(), k_.data(), n, scratch_);
-  linear_forward(l.wv, xn_.data(), v_.data(), n, scratch_);
+  {
+    const linear* w[] = {&l.wq, &l.wk, &l.wv};
+    float* y[] = {q_.data(), k_.data(), v_.data()};
+    linear_forward_multi(w, xn_.data(), y, n, scratch_);
+  }
   add_bias(q_.data(), l.bq, n);
   add_bias(k_.data(), l.bk, n);
   add_bias(v_.data(), l.bv, n);
@@ -142,8 +157,8 @@ void session::forward_layer(int il, int n, const int32_t* pos) {
   }
   const bool keep_pre = cache_.keep_pre_rope();
   if (observer_ || keep_pre) k_pre_ = k_;
-  rope(q_.data(), pos, n, c.n_head, c.d_head, c.n_rot, c.rope_base, c.traits.rope);
-  rope(k_.data(), pos, n, c.n_kv_head, c.d_head, c.n_rot, c.rope_base, c.traits.rope);
+  rope(q_.data(), rope_cos_.data(), rope_sin_.data(), n, c.n_head, c.d_head, c.n_rot, c.traits.rope);
+  rope(k_.data(), rope_cos_.data(), rope_sin_.data(), n, c.n_kv_head, c.d_head, c.n_rot, c.traits.rope);
   cache_.append(il, k_.data(), v_.data(), pos, n, keep_pre ? k_pre_.data() : nullptr);
 
   attention(il, n, pos);
@@ -155,8 +170,11 @@ void session::forward_layer(int il, int n, const int32_t* pos) {
   rms_norm(x_.data(), l.ffn_norm.data(), xn_.data(), n, c.n_embd, c.norm_eps);
   gate_.resize(static_cast<size_t>(n) * c.n_ff);
   up_.resize(static_cast<size_t>(n) * c.n_ff);
-  linear_forward(l.w_gate, xn_.data(), gate_.data(), n, scratch_);
-  linear_forward(l.w_up, xn_.data(), up_.data(), n, scratch_);
+  {
+    const linear* w[] = {&l.w_gate, &l.w_up};
+    float* y[] = {gate_.data(), up_.data()};
+    linear_forward_multi(w, xn_.data(), y, n, scratch_);
+  }
   for (size_t i = 0; i < gate_.size(); ++i) {
     const float g = gate_[i];
     gate_[i] = g / (1.0f + std::exp(-g)) * up_[i];
