@@ -210,7 +210,12 @@ void scheduler::run() {
       }
     }
     for (auto& sp : slots_) {
-      if (sp->t) step_slot(*sp);
+      if (!sp->t) continue;
+      step_slot(*sp);
+      // Requests that arrived during the step start now, not a whole round later.
+      std::lock_guard lock(mutex_);
+      if (stopping_) break;
+      admit_locked();
     }
     std::lock_guard lock(mutex_);
     size_t bytes = 0, reserved = 0;

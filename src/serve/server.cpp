@@ -111,6 +111,12 @@ int server::start() {
   const int n_threads = options_.n_http_threads > 0 ? options_.n_http_threads : so.n_parallel + so.n_queue + 4;
   http_->new_task_queue = [n_threads] { return new httplib::ThreadPool(static_cast<size_t>(n_threads)); };
   http_->set_payload_max_length(options_.max_body_bytes);
+  // SO_REUSEADDR only: httplib's default adds SO_REUSEPORT, which lets a second server (ours or
+  // anyone's under the same user) bind the same port and take half the connections.
+  http_->set_socket_options([](int sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, reinterpret_cast<const void*>(&yes), sizeof(yes));
+  });
   http_->set_read_timeout(30);
   http_->set_write_timeout(30);
   created_ = unix_now();

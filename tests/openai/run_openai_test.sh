@@ -32,3 +32,9 @@ for _ in $(seq 1 300); do
 done
 [ -n "$port" ] || { echo "server did not start"; cat "$log"; exit 1; }
 timeout 300 "$venv/bin/python" "$here/test_openai_client.py" "http://127.0.0.1:$port/v1" test-key
+# SIGTERM: the server stops by itself and exits 0.
+kill -TERM $pid
+status=0
+wait $pid || status=$?
+trap 'rm -f "$log"' EXIT
+if [ $status -ne 0 ]; then echo "kvgate serve exited with $status after SIGTERM"; cat "$log"; exit 1; fi
