@@ -7,7 +7,9 @@
 # answered with the learned policy; the page dims what it evicted). Ends with the one-screen
 # summary at a matched KV budget. Collections resume where they stopped. Outputs go to $KVGATE_OUT
 # (default: out/ in the repository). Sizes: KVGATE_TRAIN_TOKENS, KVGATE_HELDOUT_TOKENS,
-# KVGATE_BENCH_WINDOWS, KVGATE_NEEDLE_CASES, KVGATE_BENCH_CTX.
+# KVGATE_BENCH_WINDOWS, KVGATE_NEEDLE_CASES, KVGATE_RETRIEVAL_CASES (retrieval suite cases per task
+# and policy), KVGATE_BENCH_CTX. KVGATE_LABELS: the label sources of the gates (collect --labels;
+# future until a measured mix beats it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -18,7 +20,9 @@ train_tokens="${KVGATE_TRAIN_TOKENS:-80000}"
 heldout_tokens="${KVGATE_HELDOUT_TOKENS:-24000}"
 bench_windows="${KVGATE_BENCH_WINDOWS:-3}"
 needle_cases="${KVGATE_NEEDLE_CASES:-16}"
+retrieval_cases="${KVGATE_RETRIEVAL_CASES:-4}"
 bench_ctx="${KVGATE_BENCH_CTX:-2048}"
+labels="${KVGATE_LABELS:-future}"
 mkdir -p "$out"
 kvgate=build/kvgate
 start=$(date +%s)
@@ -27,10 +31,11 @@ echo "== model" >&2
 $kvgate info > "$out/model.json"
 cat "$out/model.json" >&2
 
-echo "== collect: training corpus (Python docs), up to $train_tokens tokens" >&2
-$kvgate collect --out "$out/train" --max-tokens "$train_tokens" > "$out/collect_train.json"
-echo "== collect: held-out corpus (git docs), up to $heldout_tokens tokens" >&2
-$kvgate collect --held-out --out "$out/heldout" --max-tokens "$heldout_tokens" > "$out/collect_heldout.json"
+echo "== collect: training corpus (Python docs), up to $train_tokens tokens, labels $labels" >&2
+$kvgate collect --out "$out/train" --max-tokens "$train_tokens" --labels "$labels" > "$out/collect_train.json"
+echo "== collect: held-out corpus (git docs), up to $heldout_tokens tokens, labels $labels" >&2
+$kvgate collect --held-out --out "$out/heldout" --max-tokens "$heldout_tokens" --labels "$labels" \
+  > "$out/collect_heldout.json"
 
 echo "== train: binary gates" >&2
 $kvgate train --data "$out/train" --out "$out/gates.gguf" > "$out/train.json"
@@ -41,9 +46,10 @@ echo "== eval on the held-out corpus" >&2
 $kvgate eval --gates "$out/gates.gguf" --compare "$out/gates_lifetime.gguf" --data "$out/heldout" \
   --out "$out/report" > "$out/eval_summary.txt"
 
-echo "== bench: every policy against KV kept, $bench_windows windows of $bench_ctx tokens, $needle_cases needle cases" >&2
+echo "== bench: every policy against KV kept, $bench_windows windows of $bench_ctx tokens, $needle_cases needle cases," \
+  "$retrieval_cases retrieval cases per task" >&2
 $kvgate bench --gates "$out/gates.gguf" --out "$out/bench" --ctx "$bench_ctx" --windows "$bench_windows" \
-  --needle-cases "$needle_cases" > "$out/bench_summary.txt"
+  --needle-cases "$needle_cases" --retrieval-cases "$retrieval_cases" > "$out/bench_summary.txt"
 
 echo "== demonstration: a long held-out document to summarize, with the learned policy (and the full cache)" >&2
 demo_doc=/usr/share/doc/git-doc/git-bisect-lk2009.txt
@@ -58,7 +64,7 @@ echo "== summary (main job done in $(( $(date +%s) - start )) s)"
 echo "-- gates on the held-out corpus ($out/report/index.html)"
 cat "$out/eval_summary.txt"
 echo
-echo "-- policies at a matched KV budget ($out/bench/index.html)"
+echo "-- policies at a matched KV budget: perplexity, needle and the retrieval suite ($out/bench/index.html)"
 cat "$out/bench_summary.txt"
 echo
 echo "-- demonstration: \"$demo_question\" after $(basename "$demo_doc") ($out/demo/demo.html)"

@@ -91,7 +91,7 @@ std::vector<policy_case> all_cases() {
   std::vector<policy_case> v;
   for (layout_kind l : {layout_kind::per_head, layout_kind::global}) {
     for (policy_kind k : {policy_kind::window, policy_kind::streaming, policy_kind::h2o, policy_kind::tova,
-                          policy_kind::knorm, policy_kind::random, policy_kind::learned}) {
+                          policy_kind::knorm, policy_kind::keydiff, policy_kind::random, policy_kind::learned}) {
       v.push_back({k, select_mode::budget, l});
     }
     v.push_back({policy_kind::random, select_mode::threshold, l});
@@ -352,6 +352,70 @@ TEST_P(attention_scores, match_brute_force_from_observed_attention) {
 
 INSTANTIATE_TEST_SUITE_P(policy, attention_scores, ::testing::Values(policy_kind::h2o, policy_kind::tova),
                          [](const auto& info) { return std::string(policy_name(info.param)); });
+
+// KeyDiff from the keys the engine showed: -cos(k_p, mean of the live unit keys), in double.
+TEST(policy, keydiff_scores_match_brute_force_from_observed_keys) {
+  const model& m = tiny_model();
+  const model_config& c = m.config();
+  policy_config cfg = make_config(policy_kind::keydiff, select_mode::budget);
+  cfg.budget = 10;
+  auto runner = make_policy(cfg, c);
+  session s(m, {.n_ctx = k_ctx, .n_batch = 16});
+  runner->attach(s);
+  recorder rec(c);
+  s.set_observer(&rec);
+  const auto tokens = random_tokens(90, 33);
+  run(s, tokens, 48);
+  const int32_t t = static_cast<int32_t>(tokens.size()) - 1;
+  const int d = c.d_head;
+  // Score the cache as it stands (the runner scored it before its last eviction, over a larger
+  // set): every long-term slot of every head.
+  std::vector<slot_range> ranges;
+  for (int il = 0; il < c.n_layer; ++il) {
+    for (int ih = 0; ih < c.n_kv_head; ++ih) {
+      const kv_head& h = s.cache().head(il, ih);
+      uint32_t b = 0, e = 0;
+      for (size_t j = 0; j < h.n_slots(); ++j) {
+        if (h.pos[j] < cfg.sinks) b = e = static_cast<uint32_t>(j + 1);
+        else if (h.pos[j] <= t - cfg.window) e = static_cast<uint32_t>(j + 1);
+      }
+      ranges.push_back({b, e});
+    }
+  }
+  runner->get_scorer()->score(s.cache(), {.t_last = t, .ranges = ranges});
+  double max_err = 0.0;
+  int n_compared = 0;
+  for (int il = 0; il < c.n_layer; ++il) {
+    for (int ih = 0; ih < c.n_kv_head; ++ih) {
+      const int hd = il * c.n_kv_head + ih;
+      const kv_head& h = s.cache().head(il, ih);
+      const float* k = rec.k_post[hd].data();
+      auto unit = [&](int32_t p, int i) {
+        double ss = 0;
+        for (int x = 0; x < d; ++x) ss += double(k[size_t(p) * d + x]) * k[size_t(p) * d + x];
+        return k[size_t(p) * d + i] / std::sqrt(ss);
+      };
+      std::vector<double> mean(d, 0.0);
+      for (int32_t p : h.pos)
+        for (int i = 0; i < d; ++i) mean[i] += unit(p, i);
+      double mean_norm = 0;
+      for (double v : mean) mean_norm += v * v;
+      mean_norm = std::sqrt(mean_norm);
+      for (size_t j = 0; j < h.n_slots(); ++j) {
+        const int32_t p = h.pos[j];
+        if (p < cfg.sinks || p > t - cfg.window) continue;
+        double cos = 0;
+        for (int i = 0; i < d; ++i) cos += unit(p, i) * mean[i] / mean_norm;
+        max_err = std::max(max_err, std::abs(h.score[j] + cos));
+        ++n_compared;
+      }
+      EXPECT_EQ(h.n_slots(), size_t(cfg.sinks + cfg.window + cfg.budget));  // the budget held
+    }
+  }
+  std::printf("keydiff: %d scores, max abs error %.3g\n", n_compared, max_err);
+  EXPECT_GT(n_compared, 0);
+  EXPECT_LT(max_err, 1e-5);
+}
 
 class learned_keys : public ::testing::TestWithParam<const char*> {};
 

@@ -45,7 +45,7 @@ struct bench_options {
   std::vector<float> thresholds = {0.1f, 0.2f, 0.3f, 0.4f, 0.5f, 0.65f};  // per-head
   std::vector<float> thresholds_layer = {0.3f, 0.5f, 0.65f, 0.8f};        // per-layer
   std::vector<float> thresholds_global = {0.5f, 0.8f, 0.9f, 0.95f, 0.99f}; // global
-  std::vector<std::string> baselines = {"window", "streaming", "h2o", "tova", "knorm", "random"};
+  std::vector<std::string> baselines = {"window", "streaming", "h2o", "tova", "knorm", "keydiff", "random"};
   double matched_share = 0.25;  // the budget the summary and the needle pass compare at
   int needle_cases = 24;
   int needle_ctx = 0;           // tokens per needle prompt (0: ctx)

@@ -10,7 +10,7 @@ namespace {
 
 constexpr policy_kind k_kinds[] = {policy_kind::full,  policy_kind::window, policy_kind::streaming,
                                    policy_kind::h2o,   policy_kind::tova,   policy_kind::knorm,
-                                   policy_kind::random, policy_kind::learned};
+                                   policy_kind::keydiff, policy_kind::random, policy_kind::learned};
 constexpr layout_kind k_layouts[] = {layout_kind::per_head, layout_kind::per_layer, layout_kind::global};
 
 template <typename T, size_t N, typename Name>
@@ -30,6 +30,7 @@ const char* policy_name(policy_kind kind) {
     case policy_kind::h2o: return "h2o";
     case policy_kind::tova: return "tova";
     case policy_kind::knorm: return "knorm";
+    case policy_kind::keydiff: return "keydiff";
     case policy_kind::random: return "random";
     case policy_kind::learned: return "learned";
   }
@@ -99,6 +100,7 @@ policy_config resolve_policy(const policy_request& req, const gate_meta* gates) 
     case policy_kind::h2o:
     case policy_kind::tova:
     case policy_kind::knorm:
+    case policy_kind::keydiff:
     case policy_kind::random:
       if (!req.threshold && !req.budget) {
         fail("--policy {} needs --budget B (long-term slots kept per head) or --threshold X", name);

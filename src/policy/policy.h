@@ -40,7 +40,7 @@ namespace kvgate {
 
 class session;
 
-enum class policy_kind { full, window, streaming, h2o, tova, knorm, random, learned };
+enum class policy_kind { full, window, streaming, h2o, tova, knorm, keydiff, random, learned };
 enum class select_mode { keep_all, threshold, budget };
 enum class layout_kind { per_head, per_layer, global };
 

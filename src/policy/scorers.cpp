@@ -1,5 +1,5 @@
 // Every policy's scorer: recency (window, streaming), accumulated attention (H2O), last-query
-// attention (TOVA), key norm, random, and the learned gates (one batched gate-bank call for the
+// attention (TOVA), key norm, key dissimilarity (KeyDiff), random, and the learned gates (one batched gate-bank call for the
 // candidates of every head).
 #include <cmath>
 
@@ -86,6 +86,43 @@ class knorm_scorer final : public scorer {
 
  private:
   int d_;
+};
+
+// KeyDiff: a key unlike the others is kept. Score = -cos(k_j, m), m the mean of the head's live
+// unit-normalized keys (sinks and window included), recomputed every step as the set changes.
+// Keys after RoPE, as the cache stores them (kvpress scores the cached keys too).
+class keydiff_scorer final : public scorer {
+ public:
+  explicit keydiff_scorer(int d_head) : d_(d_head), mean_(d_head) {}
+  scorer_needs needs() const override { return {.dynamic = true}; }
+  void score(kv_cache& cache, const score_request& req) override {
+    for_each_range(cache, req, [&](kv_head& h, slot_range r) {
+      std::fill(mean_.begin(), mean_.end(), 0.0);
+      for (size_t j = 0; j < h.n_slots(); ++j) {
+        if (!h.masked.empty() && h.masked[j]) continue;
+        const float* k = h.k.data() + j * d_;
+        const double inv = 1.0 / std::max(norm(k), 1e-12);
+        for (int i = 0; i < d_; ++i) mean_[i] += k[i] * inv;
+      }
+      const double mean_norm = std::max(norm(mean_.data()), 1e-12);
+      for (uint32_t j = r.begin; j < r.end; ++j) {
+        const float* k = h.k.data() + static_cast<size_t>(j) * d_;
+        double dot = 0.0;
+        for (int i = 0; i < d_; ++i) dot += k[i] * mean_[i];
+        h.score[j] = -static_cast<float>(dot / (std::max(norm(k), 1e-12) * mean_norm));
+      }
+    });
+  }
+
+ private:
+  template <typename T>
+  double norm(const T* x) const {
+    double ss = 0.0;
+    for (int i = 0; i < d_; ++i) ss += static_cast<double>(x[i]) * x[i];
+    return std::sqrt(ss);
+  }
+  int d_;
+  std::vector<double> mean_;  // [d_head] sum of the live unit keys
 };
 
 // A uniform score in [0, 1) that depends only on (seed, head, position), so the floor is
@@ -192,6 +229,7 @@ std::unique_ptr<scorer> make_scorer(const policy_config& config, const model_con
     case policy_kind::h2o: return std::make_unique<h2o_scorer>(model.n_group());
     case policy_kind::tova: return std::make_unique<tova_scorer>();
     case policy_kind::knorm: return std::make_unique<knorm_scorer>(model.d_head);
+    case policy_kind::keydiff: return std::make_unique<keydiff_scorer>(model.d_head);
     case policy_kind::random: return std::make_unique<random_scorer>(config.seed);
     case policy_kind::learned: {
       if (!gates) fail("--policy learned needs --gates FILE: a gate bank trained for this model");
