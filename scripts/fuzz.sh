@@ -38,9 +38,11 @@ for h in "${harnesses[@]}"; do
   mkdir -p "$corpus" "build-fuzz/crashes/$h"
   cp -n build-fuzz/seeds/"$h"/* "$corpus"/ 2>/dev/null || true
   [ -d "tests/fuzz/regressions/$h" ] && cp -n tests/fuzz/regressions/"$h"/* "$corpus"/ 2>/dev/null || true
+  max_len=65536
+  [ "$h" = gguf ] && max_len=300000  # the seed models and gate bank are up to ~270 KB
   echo "fuzz: $h for ${seconds} s" >&2
   # -rss_limit_mb: an input that makes kvgate allocate past it is a bug (sizes not bounded).
   build-fuzz/tests/fuzz/fuzz_"$h" "$corpus" -max_total_time="$seconds" -rss_limit_mb=2048 -malloc_limit_mb=1024 \
-    -max_len=65536 -timeout=20 -print_final_stats=1 -artifact_prefix="build-fuzz/crashes/$h/" \
+    -max_len="$max_len" -timeout=20 -print_final_stats=1 -artifact_prefix="build-fuzz/crashes/$h/" \
     2>&1 | tee "build-fuzz/fuzz_$h.log" | grep -E '^#[0-9]+ *(DONE|pulse)|stat::|ERROR|SUMMARY|Test unit' >&2 || true
 done

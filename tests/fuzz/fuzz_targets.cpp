@@ -118,7 +118,7 @@ void tokenizer_input(const uint8_t* data, size_t size) {
   const std::string_view text(reinterpret_cast<const char*>(data + 1), size - 1);
   if (mode == 2) {  // arbitrary ids: a refusal for ids outside the vocabulary, never a crash
     std::vector<int32_t> ids((size - 1) / 4);
-    std::memcpy(ids.data(), data + 1, ids.size() * 4);
+    if (!ids.empty()) std::memcpy(ids.data(), data + 1, ids.size() * 4);
     for (int32_t& id : ids) id = (data[0] & 0x80) ? id : static_cast<int32_t>(static_cast<uint32_t>(id) % 50000);
     try {
       tok.decode(ids);
