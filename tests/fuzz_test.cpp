@@ -19,7 +19,7 @@ namespace fs = std::filesystem;
 
 int replay(const std::string& harness) {
   const fuzz::entry entry = fuzz::find_entry(harness);
-  EXPECT_NE(entry, nullptr) << harness;
+  ASSERT_NE(entry, nullptr) << harness;
   const fs::path dir = fs::path(KVGATE_FUZZ_REGRESSIONS) / harness;
   std::vector<fs::path> files;
   if (fs::is_directory(dir))

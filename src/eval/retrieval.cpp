@@ -7,6 +7,8 @@
 #include <fmt/format.h>
 
 #include "common/error.h"
+#include "model/decode_loop.h"
+#include "model/sampler.h"
 #include "common/files.h"
 #include "data/corpus.h"
 #include "model/model.h"
@@ -53,7 +55,7 @@ std::string draw_variable(std::mt19937_64& rng) {
 // A string not in `avoid` (the haystack, case-insensitively) and not already drawn.
 template <typename F>
 std::string draw_fresh(std::mt19937_64& rng, F draw, const std::string& avoid_lower, std::vector<std::string>& used) {
-  for (;;) {
+  for (int attempt = 0; attempt < 100000; ++attempt) {
     std::string s = draw(rng);
     std::string lower = s;
     for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -63,6 +65,7 @@ std::string draw_fresh(std::mt19937_64& rng, F draw, const std::string& avoid_lo
     used.push_back(s);
     return s;
   }
+  fail("retrieval: could not draw a value absent from the haystack after 100000 tries");
 }
 
 const char* const k_magic_intro =
@@ -269,7 +272,6 @@ std::vector<retrieval_case> retrieval_cases(const std::vector<std::string>& corp
 retrieval_result run_retrieval(const model& m, std::shared_ptr<const gate_bank> gates, const bench_config& config,
                                const std::vector<retrieval_case>& cases, int batch, const bench_progress& progress) {
   const tokenizer& vocab = m.vocab();
-  const int n_vocab = m.config().n_vocab;
   retrieval_result r;
   double share = 0.0;
   for (size_t i = 0; i < cases.size(); ++i) {
@@ -284,15 +286,9 @@ retrieval_result run_retrieval(const model& m, std::shared_ptr<const gate_bank> 
     }
     share += kv_share_live(s.cache(), s.n_past());
     // Greedy decoding until the end of the turn or max_new_tokens.
-    std::vector<int32_t> out;
-    for (int k = 0; k < c.max_new_tokens; ++k) {
-      const int32_t id = static_cast<int32_t>(std::max_element(logits.begin(), logits.begin() + n_vocab) - logits.begin());
-      if (vocab.is_end_of_generation(id)) break;
-      out.push_back(id);
-      if (k + 1 == c.max_new_tokens) break;
-      auto l = s.step(std::span<const int32_t>(&id, 1), logits_mode::last);
-      logits.assign(l.begin(), l.end());
-    }
+    sampler greedy(sampler_params{});
+    const std::vector<int32_t> out =
+        decode_loop(s, greedy, logits, {.n_predict = c.max_new_tokens}, [](int32_t) {}).ids;
     r.outputs.push_back(vocab.decode(out));
     const bool ok = retrieval_correct(r.outputs.back(), c.answers);
     r.correct.push_back(ok);

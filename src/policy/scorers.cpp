@@ -98,15 +98,17 @@ class keydiff_scorer final : public scorer {
   void score(kv_cache& cache, const score_request& req) override {
     for_each_range(cache, req, [&](kv_head& h, slot_range r) {
       std::fill(mean_.begin(), mean_.end(), 0.0);
+      keys_.resize(h.n_slots() * d_);
+      h.k.to_float(0, h.n_slots(), keys_.data());
       for (size_t j = 0; j < h.n_slots(); ++j) {
         if (!h.masked.empty() && h.masked[j]) continue;
-        const float* k = h.k.data() + j * d_;
+        const float* k = keys_.data() + j * d_;
         const double inv = 1.0 / std::max(norm(k), 1e-12);
         for (int i = 0; i < d_; ++i) mean_[i] += k[i] * inv;
       }
       const double mean_norm = std::max(norm(mean_.data()), 1e-12);
       for (uint32_t j = r.begin; j < r.end; ++j) {
-        const float* k = h.k.data() + static_cast<size_t>(j) * d_;
+        const float* k = keys_.data() + static_cast<size_t>(j) * d_;
         double dot = 0.0;
         for (int i = 0; i < d_; ++i) dot += k[i] * mean_[i];
         h.score[j] = -static_cast<float>(dot / (std::max(norm(k), 1e-12) * mean_norm));
@@ -123,6 +125,7 @@ class keydiff_scorer final : public scorer {
   }
   int d_;
   std::vector<double> mean_;  // [d_head] sum of the live unit keys
+  std::vector<float> keys_;   // [n_slots, d_head] the head's keys as floats
 };
 
 // A uniform score in [0, 1) that depends only on (seed, head, position), so the floor is

@@ -124,6 +124,9 @@ int server::start() {
   const int port = options_.port == 0 ? http_->bind_to_any_port(options_.host) : (http_->bind_to_port(options_.host, options_.port) ? options_.port : -1);
   if (port < 0) fail("cannot listen on {}:{} (in use, or not an address of this machine)", options_.host, options_.port);
   http_thread_ = std::thread([this] { http_->listen_after_bind(); });
+  // httplib's stop() does nothing until the listener runs: a load that fails at once (a corrupt
+  // model) or an early SIGTERM would otherwise leave the listener up and the process hanging.
+  for (int i = 0; i < 5000 && !http_->is_running(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   load_thread_ = std::thread([this] { load(); });
   return port;
 }
