@@ -19,7 +19,8 @@ namespace fs = std::filesystem;
 
 int replay(const std::string& harness) {
   const fuzz::entry entry = fuzz::find_entry(harness);
-  ASSERT_NE(entry, nullptr) << harness;
+  EXPECT_NE(entry, nullptr) << harness;
+  if (!entry) return 0;
   const fs::path dir = fs::path(KVGATE_FUZZ_REGRESSIONS) / harness;
   std::vector<fs::path> files;
   if (fs::is_directory(dir))
