@@ -29,7 +29,7 @@ void session::attention(int il, int n_tok, const int32_t* pos) {
     const kv_head& h = cache_.head(il, ih);
     live_runs(h, h.n_slots(), runs_[ih]);
   }
-  attn_out_.resize(static_cast<size_t>(n_tok) * c.n_head * d);
+  a_.attn_out.resize(static_cast<size_t>(n_tok) * c.n_head * d);
   attn_m_.resize(static_cast<size_t>(n_tok) * c.n_head);
   attn_l_.resize(static_cast<size_t>(n_tok) * c.n_head);
   auto group_offset = [&](int t, int ih) { return static_cast<size_t>(t) * c.n_head + static_cast<size_t>(ih) * n_group; };
@@ -49,7 +49,7 @@ void session::attention(int il, int n_tok, const int32_t* pos) {
       const kv_head& h = cache_.head(il, ih);
       float* part = partials_.data() + task * stride;
       attend_chunk(h.k, h.v, runs_[ih], p * k_attn_chunk, std::min(h.n_live(), (p + 1) * k_attn_chunk),
-                   q_.data() + group_offset(0, ih) * d, n_group, nullptr, scale, part, part + n_group,
+                   a_.q.data() + group_offset(0, ih) * d, n_group, nullptr, scale, part, part + n_group,
                    part + 2 * n_group);
     }
     // Each task's partial is [m n_group | l n_group | o n_group*d]: regroup for the merge.
@@ -66,7 +66,7 @@ void session::attention(int il, int n_tok, const int32_t* pos) {
         std::copy_n(part + 2 * n_group, static_cast<size_t>(n_group) * d, o + p * n_group * d);
       }
       const size_t off = group_offset(0, ih);
-      attend_merge(static_cast<int>(n_parts), n_group, d, m, l, o, attn_out_.data() + off * d,
+      attend_merge(static_cast<int>(n_parts), n_group, d, m, l, o, a_.attn_out.data() + off * d,
                    attn_m_.data() + off, attn_l_.data() + off);
     }
   } else {
@@ -93,14 +93,14 @@ void session::attention(int il, int n_tok, const int32_t* pos) {
         limit.resize(n_q);
         for (int t = t0; t < t1; ++t) {
           const size_t r = static_cast<size_t>(t - t0) * n_group;
-          std::copy_n(q_.data() + group_offset(t, ih) * d, static_cast<size_t>(n_group) * d, qt.data() + r * d);
+          std::copy_n(a_.q.data() + group_offset(t, ih) * d, static_cast<size_t>(n_group) * d, qt.data() + r * d);
           std::fill_n(limit.data() + r, n_group, static_cast<uint32_t>(h.n_live() - (n_tok - 1 - t)));
         }
         attend(h.k, h.v, runs_[ih], limit[n_q - 1], qt.data(), n_q, limit.data(), scale, ot.data(), mt.data(),
                lt.data(), scratch);
         for (int t = t0; t < t1; ++t) {
           const size_t r = static_cast<size_t>(t - t0) * n_group, off = group_offset(t, ih);
-          std::copy_n(ot.data() + r * d, static_cast<size_t>(n_group) * d, attn_out_.data() + off * d);
+          std::copy_n(ot.data() + r * d, static_cast<size_t>(n_group) * d, a_.attn_out.data() + off * d);
           std::copy_n(mt.data() + r, n_group, attn_m_.data() + off);
           std::copy_n(lt.data() + r, n_group, attn_l_.data() + off);
         }
@@ -122,8 +122,8 @@ void session::attention(int il, int n_tok, const int32_t* pos) {
     obs.n_head = c.n_head;
     obs.n_kv_head = c.n_kv_head;
     obs.d_head = d;
-    obs.k_pre_rope = k_pre_.data();
-    obs.k_post_rope = k_.data();
+    obs.k_pre_rope = a_.k_pre.data();
+    obs.k_post_rope = a_.k.data();
     obs.attn = ptrs;
     obs.cache = &cache_;
     observer_->on_layer(obs);
@@ -155,7 +155,7 @@ void session::attention_weights(int il, int n_tok) {
         h.k.row_to_float(j, kbuf.data());
         for (int gi = 0; gi < n_group; ++gi) {
           const size_t qi = static_cast<size_t>(t) * c.n_head + static_cast<size_t>(ih) * n_group + gi;
-          const float s = simd::dot(q_.data() + qi * d, kbuf.data(), d) * scale;
+          const float s = simd::dot(a_.q.data() + qi * d, kbuf.data(), d) * scale;
           attn_weights_[ih * n_group + gi][static_cast<size_t>(t) * h.n_slots() + j] =
               std::exp(s - attn_m_[qi]) / attn_l_[qi];
         }
@@ -189,7 +189,7 @@ void session::attention_recall(int il, int n_tok) {
         if (!h.masked[j]) continue;
         h.k.row_to_float(j, kbuf.data());
         for (int gi = 0; gi < n_group; ++gi) {
-          const float s = simd::dot(q_.data() + (q0 + gi) * d, kbuf.data(), d) * scale;
+          const float s = simd::dot(a_.q.data() + (q0 + gi) * d, kbuf.data(), d) * scale;
           masked_mass[gi] += std::exp(static_cast<double>(s) - attn_m_[q0 + gi]);
         }
       }

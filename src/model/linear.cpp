@@ -232,10 +232,12 @@ double linear_row_dot_reference(const linear& w, int64_t i, const float* x) {
   return acc;
 }
 
-void linear_forward(const linear& w, const float* x, float* y, int64_t n_rows, linear_scratch& scratch) {
+void linear_forward(const linear& w, const float* x, float* y, int64_t n_rows, linear_scratch& scratch,
+                    linear_rows rows) {
   ensure_blas_threads();
   const int64_t n_out = w.n_out;
-  if (n_rows < k_sgemm_min_rows && has_integer_kernel(w.type)) {
+  const bool per_row = rows == linear_rows::independent || n_rows < k_sgemm_min_rows;
+  if (per_row && has_integer_kernel(w.type)) {
     // Decode: activations to 8 bits once, then integer dot products (as llama.cpp does).
     // Thread-local to the caller; the worker threads read it through this pointer (inside the
     // parallel region the name would denote each worker's own, empty, copy).
@@ -249,7 +251,7 @@ void linear_forward(const linear& w, const float* x, float* y, int64_t n_rows, l
     }
     return;
   }
-  if (n_rows < k_sgemm_min_rows) {
+  if (per_row) {
 #pragma omp parallel for schedule(static) num_threads(g_threads)
     for (int64_t o = 0; o < n_out; ++o) {
       for (int64_t r = 0; r < n_rows; ++r) y[r * n_out + o] = linear_row_dot(w, o, x + r * w.n_in);
@@ -286,12 +288,12 @@ void linear_forward(const linear& w, const float* x, float* y, int64_t n_rows, l
 }
 
 void linear_forward_multi(std::span<const linear* const> w, const float* x, std::span<float* const> y,
-                          int64_t n_rows, linear_scratch& scratch) {
+                          int64_t n_rows, linear_scratch& scratch, linear_rows rows) {
   if (w.size() != y.size()) fail("linear_forward_multi: {} weights but {} outputs", w.size(), y.size());
-  bool fused = n_rows < k_sgemm_min_rows && !w.empty() && w.size() <= 4;
+  bool fused = (rows == linear_rows::independent || n_rows < k_sgemm_min_rows) && !w.empty() && w.size() <= 4;
   for (const linear* wi : w) fused = fused && has_integer_kernel(wi->type) && wi->n_in == w[0]->n_in;
   if (!fused) {
-    for (size_t i = 0; i < w.size(); ++i) linear_forward(*w[i], x, y[i], n_rows, scratch);
+    for (size_t i = 0; i < w.size(); ++i) linear_forward(*w[i], x, y[i], n_rows, scratch, rows);
     return;
   }
   const int64_t n_in = w[0]->n_in;

@@ -33,17 +33,24 @@ struct linear_scratch {
   std::vector<float> weight_f32;  // [n_out, n_in] of the last weight dequantized
 };
 
-// Row count from which the sgemm path is taken.
+// Row count from which the sgemm path is taken (automatic rows).
 inline constexpr int64_t k_sgemm_min_rows = 8;
 
+// automatic: the path follows the row count (decode path below k_sgemm_min_rows, sgemm from it).
+// independent: every row is computed as if it were alone (the decode path at any row count), so a
+// row's result does not depend on the other rows: batched decode of several sequences gives each
+// the bits it would get alone, and the weights are still read once for all rows.
+enum class linear_rows { automatic, independent };
+
 // y[n_rows, n_out] = x[n_rows, n_in] * W^T. Uses the OpenMP thread count of the caller's team.
-void linear_forward(const linear& w, const float* x, float* y, int64_t n_rows, linear_scratch& scratch);
+void linear_forward(const linear& w, const float* x, float* y, int64_t n_rows, linear_scratch& scratch,
+                    linear_rows rows = linear_rows::automatic);
 
 // Several weights that read the same input x [n_rows, n_in] (Q, K, V; gate, up):
 // y[i] [n_rows, w[i]->n_out] = x * W_i^T. On the decode path x is quantized once and one parallel
 // launch covers the rows of all the weights; results are bit-identical to one linear_forward each.
 void linear_forward_multi(std::span<const linear* const> w, const float* x, std::span<float* const> y,
-                          int64_t n_rows, linear_scratch& scratch);
+                          int64_t n_rows, linear_scratch& scratch, linear_rows rows = linear_rows::automatic);
 
 // Dot product of row i of W with x[n_in] (the decode kernel, exposed for tests and benchmarks).
 float linear_row_dot(const linear& w, int64_t i, const float* x);

@@ -12,6 +12,7 @@
 #include "kv/cache.h"
 #include "model/attention_kernel.h"
 #include "model/config.h"
+#include "model/forward.h"
 #include "model/linear.h"
 #include "model/observer.h"
 #include "tokenizer/tokenizer.h"
@@ -98,7 +99,7 @@ class session {
   void reset_recall() { recall_.assign(recall_.size(), {}); }
 
  private:
-  void forward_layer(int il, int n_tok, const int32_t* pos);
+  friend class batch_decoder;  // steps the layers of several sessions together, attention per session
   void attention(int il, int n_tok, const int32_t* pos);
   void attention_weights(int il, int n_tok);     // fills attn_weights_
   void attention_recall(int il, int n_tok);      // adds to recall_[il]
@@ -115,25 +116,13 @@ class session {
   bool measure_recall_ = false;
   std::vector<recall_sum> recall_;  // [n_layer]
 
-  // Activations of the current step (n = tokens in the step).
-  std::vector<float> x_;       // [n, n_embd] residual stream
-  std::vector<float> xn_;      // [n, n_embd] normed
-  std::vector<float> q_;       // [n, n_head, d_head]
-  std::vector<float> k_;       // [n, n_kv_head, d_head]
-  std::vector<float> k_pre_;   // [n, n_kv_head, d_head] copy before RoPE (observer, kv_cache::keep_pre_rope)
-  std::vector<float> v_;       // [n, n_kv_head, d_head]
-  std::vector<float> attn_out_;// [n, n_head, d_head]
-  std::vector<float> gate_;    // [n, n_ff]
-  std::vector<float> up_;      // [n, n_ff]
-  std::vector<float> logits_;  // [n or 1, n_vocab]
-  std::vector<float> rope_cos_, rope_sin_;  // [n, n_rot / 2] of the step's positions
+  forward::buffers a_;  // activations of the current step
   std::vector<std::vector<float>> attn_weights_;  // [n_head][n, n_slots] for the observer
   std::vector<float> attn_m_, attn_l_;  // [n, n_head] softmax max score and sum relative to it
   std::vector<std::vector<slot_run>> runs_;  // [n_kv_head] live slots of the current layer
   std::vector<size_t> task_first_;      // [n_kv_head + 1] first decode task of each kv head
   std::vector<float> partials_;         // [n_tasks, n_group * (d_head + 2)] decode partials
   std::vector<float> merge_buf_;
-  linear_scratch scratch_;
 };
 
 }  // namespace kvgate
