@@ -15,15 +15,20 @@ int main(int argc, char** argv) {
   // set what is unset and re-run ourselves once:
   // - libgomp's default wait policy spins ~300k times before sleeping; when another process
   //   takes a core, one worker is descheduled and the other spins through its time slice at each
-  //   of the ~250 parallel regions per token. Sleeping at once (passive) costs a futex wake per
-  //   region instead. A bounded spin sits between: measured on 2 idle cores, 512-token prompt,
-  //   prefill / decode tok/s: active 473 / 81, GOMP_SPINCOUNT=10000 456 / 78, passive 452 / 32.
+  //   of the ~200 parallel regions per token. Sleeping at once (passive) costs a futex wake per
+  //   region instead. A short bounded spin sits between, and is the best compromise of both
+  //   cases: decode tok/s of `generate -p 'Once upon a time' -n 128 --ignore-eos`, 2-core AMD
+  //   EPYC, idle / beside two niced CPU-bound processes (a fuzzer and a compiler):
+  //     passive 48 / 69, spin 300: 63 / 59, spin 1000: 121 / 48, spin 3000: 148 / 27,
+  //     spin 10000: 142 / 12, active 120 / 5.
+  //   A server shares its cores with its HTTP threads and often its clients: spin 1000 served 8
+  //   streaming clients at 97 tok/s beside those two processes where spin 10000 gave 47.
   // - OpenBLAS 0.3.21 (Debian 12) does not know recent Xeons and falls back to its SSE3
   //   "Prescott" sgemm; its AVX-512 or AVX2 kernels prefill 1.8x faster here (95 -> 169 tok/s,
   //   one thread). tests/linear_test checks the sgemm path against a scalar reference.
   if (!std::getenv("KVGATE_REEXEC")) {
     setenv("KVGATE_REEXEC", "1", 1);
-    if (!std::getenv("OMP_WAIT_POLICY")) setenv("GOMP_SPINCOUNT", "10000", 0);
+    if (!std::getenv("OMP_WAIT_POLICY")) setenv("GOMP_SPINCOUNT", "1000", 0);
 #if defined(__x86_64__)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "common/error.h"
+#include "common/parallel.h"
 
 namespace kvgate {
 
@@ -35,7 +36,7 @@ std::span<const float> batch_decoder::step(std::span<session* const> sessions, s
   for (int il = 0; il < c.n_layer; ++il) {
     forward::layer(model_, il, n, keep_pre, linear_rows::independent, a_, [&] {
       a_.attn_out.resize(n * n_q);
-      for (int b = 0; b < n; ++b) {
+      auto attend = [&](int b) {
         // The session's own one-token buffers, as its step would leave them for attention and
         // the observer.
         session& s = *sessions[b];
@@ -48,7 +49,18 @@ std::span<const float> batch_decoder::step(std::span<session* const> sessions, s
         s.cache_.append(il, sa.k.data(), sa.v.data(), &pos_[b], 1, s_keep_pre ? sa.k_pre.data() : nullptr);
         s.attention(il, 1, &pos_[b]);
         std::copy_n(sa.attn_out.begin(), n_q, a_.attn_out.begin() + b * n_q);
+      };
+      if (n == 1) {
+        attend(0);  // its attention splits over the threads itself
+        return;
       }
+      // One session per task: each session's attention then runs on one thread (a nested region
+      // is a team of one), so a layer opens one parallel region, not one per session, and a
+      // short context's few (kv head x chunk) tasks do not leave threads waiting at barriers.
+      parallel_trap trap;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(std::min(compute_threads(), n))
+      for (int b = 0; b < n; ++b) trap.run([&] { attend(b); });
+      trap.rethrow();
     });
   }
   const std::span<const float> out = forward::logits(model_, 0, n, linear_rows::independent, a_);

@@ -22,7 +22,9 @@ class batch_decoder {
   // Steps tokens[b] into sessions[b] (one token each; distinct sessions of this decoder's model)
   // and returns logits [n, n_vocab], row b for session b, valid until the next call. Checks
   // every session and token before it touches any cache: throws error when a session is full,
-  // a token is outside the vocabulary, or a session is repeated or runs another model.
+  // a token is outside the vocabulary, or a session is repeated or runs another model. Sessions'
+  // attention (and observers) run on worker threads, one session per thread at a time: sessions
+  // of one batch must not share an observer.
   std::span<const float> step(std::span<session* const> sessions, std::span<const int32_t> tokens);
 
  private:

@@ -144,47 +144,73 @@ inline __m256 dot_u8_i8(__m256i a, __m256i b) {
 inline float q4_offset(const block_q4_1& b) { return fp16(b.m); }
 inline float q4_offset(const block_q4_0& b) { return -8.0f * fp16(b.d); }
 
-template <typename block>
-float dot_q4_q8(const block* b, const q8_activations& x, int64_t nb) {
+// The kernels take one weight row against R activation vectors (R <= k_rows_at_once): the
+// weight block is loaded, unpacked and its scales converted once for all of them, and each
+// vector's arithmetic is exactly the one-vector case's, in the same order, so every result is
+// bit-identical to a call with R = 1.
+inline constexpr int k_rows_at_once = 4;
+
+template <typename block, int R>
+void dot_q4_q8(const block* b, const q8_activations* x, int64_t nb, float* out, int64_t stride) {
 #ifdef KVGATE_AVX2
-  __m256 acc = _mm256_setzero_ps();
-  float offset = 0.0f;
-  for (int64_t i = 0; i < nb; ++i) {
-    const __m256i qx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q.data() + i * 32));
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16(b[i].d) * x.d[i]), dot_u8_i8(unpack_nibbles(b[i].qs), qx), acc);
-    offset += q4_offset(b[i]) * x.sum[i];
+  __m256 acc[R];
+  float offset[R];
+  for (int r = 0; r < R; ++r) {
+    acc[r] = _mm256_setzero_ps();
+    offset[r] = 0.0f;
   }
-  return hsum(acc) + offset;
+  for (int64_t i = 0; i < nb; ++i) {
+    const __m256i qw = unpack_nibbles(b[i].qs);
+    const float wd = fp16(b[i].d), wm = q4_offset(b[i]);
+    for (int r = 0; r < R; ++r) {
+      const __m256i qx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[r].q.data() + i * 32));
+      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(wd * x[r].d[i]), dot_u8_i8(qw, qx), acc[r]);
+      offset[r] += wm * x[r].sum[i];
+    }
+  }
+  for (int r = 0; r < R; ++r) out[r * stride] = hsum(acc[r]) + offset[r];
 #else
-  float acc = 0.0f;
-  for (int64_t i = 0; i < nb; ++i) {
-    int s = 0;
-    for (int j = 0; j < 16; ++j) s += (b[i].qs[j] & 0x0F) * x.q[i * 32 + j] + (b[i].qs[j] >> 4) * x.q[i * 32 + j + 16];
-    acc += fp16(b[i].d) * x.d[i] * s + q4_offset(b[i]) * x.sum[i];
+  for (int r = 0; r < R; ++r) {
+    float acc = 0.0f;
+    for (int64_t i = 0; i < nb; ++i) {
+      int s = 0;
+      for (int j = 0; j < 16; ++j) {
+        s += (b[i].qs[j] & 0x0F) * x[r].q[i * 32 + j] + (b[i].qs[j] >> 4) * x[r].q[i * 32 + j + 16];
+      }
+      acc += fp16(b[i].d) * x[r].d[i] * s + q4_offset(b[i]) * x[r].sum[i];
+    }
+    out[r * stride] = acc;
   }
-  return acc;
 #endif
 }
 
-float dot_q8_0_q8(const block_q8_0* b, const q8_activations& x, int64_t nb) {
+template <int R>
+void dot_q8_0_q8(const block_q8_0* b, const q8_activations* x, int64_t nb, float* out, int64_t stride) {
 #ifdef KVGATE_AVX2
-  __m256 acc = _mm256_setzero_ps();
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   for (int64_t i = 0; i < nb; ++i) {
     const __m256i qw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[i].qs));
-    const __m256i qx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q.data() + i * 32));
-    // maddubs wants one unsigned operand: move the weight's sign onto the activation.
-    const __m256 s = dot_u8_i8(_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qx, qw));
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16(b[i].d) * x.d[i]), s, acc);
+    const __m256i qw_abs = _mm256_sign_epi8(qw, qw);
+    const float wd = fp16(b[i].d);
+    for (int r = 0; r < R; ++r) {
+      const __m256i qx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[r].q.data() + i * 32));
+      // maddubs wants one unsigned operand: move the weight's sign onto the activation.
+      const __m256 s = dot_u8_i8(qw_abs, _mm256_sign_epi8(qx, qw));
+      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(wd * x[r].d[i]), s, acc[r]);
+    }
   }
-  return hsum(acc);
+  for (int r = 0; r < R; ++r) out[r * stride] = hsum(acc[r]);
 #else
-  float acc = 0.0f;
-  for (int64_t i = 0; i < nb; ++i) {
-    int s = 0;
-    for (int j = 0; j < 32; ++j) s += b[i].qs[j] * x.q[i * 32 + j];
-    acc += fp16(b[i].d) * x.d[i] * s;
+  for (int r = 0; r < R; ++r) {
+    float acc = 0.0f;
+    for (int64_t i = 0; i < nb; ++i) {
+      int s = 0;
+      for (int j = 0; j < 32; ++j) s += b[i].qs[j] * x[r].q[i * 32 + j];
+      acc += fp16(b[i].d) * x[r].d[i] * s;
+    }
+    out[r * stride] = acc;
   }
-  return acc;
 #endif
 }
 
@@ -192,13 +218,28 @@ bool has_integer_kernel(tensor_type type) {
   return type == tensor_type::q4_1 || type == tensor_type::q4_0 || type == tensor_type::q8_0;
 }
 
-float row_dot_q8(const linear& w, int64_t i, const q8_activations& x) {
+template <int R>
+void row_dot_q8_n(const linear& w, int64_t i, const q8_activations* x, float* out, int64_t stride) {
   const uint8_t* row = w.row(i);
   const int64_t nb = w.n_in / 32;
   switch (w.type) {
-    case tensor_type::q4_1: return dot_q4_q8(reinterpret_cast<const block_q4_1*>(row), x, nb);
-    case tensor_type::q4_0: return dot_q4_q8(reinterpret_cast<const block_q4_0*>(row), x, nb);
-    default: return dot_q8_0_q8(reinterpret_cast<const block_q8_0*>(row), x, nb);
+    case tensor_type::q4_1: return dot_q4_q8<block_q4_1, R>(reinterpret_cast<const block_q4_1*>(row), x, nb, out, stride);
+    case tensor_type::q4_0: return dot_q4_q8<block_q4_0, R>(reinterpret_cast<const block_q4_0*>(row), x, nb, out, stride);
+    default: return dot_q8_0_q8<R>(reinterpret_cast<const block_q8_0*>(row), x, nb, out, stride);
+  }
+}
+
+// out[r * stride] = row i of W . x[r] for r < n_x, k_rows_at_once vectors per pass over the row.
+void row_dot_q8(const linear& w, int64_t i, const q8_activations* x, int64_t n_x, float* out, int64_t stride) {
+  int64_t r = 0;
+  for (; r + k_rows_at_once <= n_x; r += k_rows_at_once) {
+    row_dot_q8_n<k_rows_at_once>(w, i, x + r, out + r * stride, stride);
+  }
+  switch (n_x - r) {
+    case 3: row_dot_q8_n<3>(w, i, x + r, out + r * stride, stride); break;
+    case 2: row_dot_q8_n<2>(w, i, x + r, out + r * stride, stride); break;
+    case 1: row_dot_q8_n<1>(w, i, x + r, out + r * stride, stride); break;
+    default: break;
   }
 }
 
@@ -246,9 +287,7 @@ void linear_forward(const linear& w, const float* x, float* y, int64_t n_rows, l
     xq->resize(n_rows);
     for (int64_t r = 0; r < n_rows; ++r) quantize_activations(x + r * w.n_in, w.n_in, (*xq)[r]);
 #pragma omp parallel for schedule(static) num_threads(g_threads)
-    for (int64_t o = 0; o < n_out; ++o) {
-      for (int64_t r = 0; r < n_rows; ++r) y[r * n_out + o] = row_dot_q8(w, o, (*xq)[r]);
-    }
+    for (int64_t o = 0; o < n_out; ++o) row_dot_q8(w, o, xq->data(), n_rows, y + o, n_out);
     return;
   }
   if (per_row) {
@@ -309,7 +348,7 @@ void linear_forward_multi(std::span<const linear* const> w, const float* x, std:
     size_t i = 0;
     while (o >= first[i + 1]) ++i;
     const int64_t oi = o - first[i], n_out = w[i]->n_out;
-    for (int64_t r = 0; r < n_rows; ++r) y[i][r * n_out + oi] = row_dot_q8(*w[i], oi, (*xq)[r]);
+    row_dot_q8(*w[i], oi, xq->data(), n_rows, y[i] + oi, n_out);
   }
 }
 

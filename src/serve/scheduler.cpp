@@ -41,6 +41,7 @@ struct scheduler::slot {
   std::vector<float> logits;      // [n_vocab] of the last stepped token
   std::unique_ptr<sampler> pick;
   decode_cursor cursor;
+  int32_t pending = 0;            // the sampled token the round's batch steps
   std::string generated;          // reply bytes so far
   size_t emitted = 0;             // of which handed to the task
   steady::time_point t_start, t_prompt;
@@ -48,7 +49,7 @@ struct scheduler::slot {
 };
 
 scheduler::scheduler(const model& m, std::shared_ptr<const gate_bank> gates, scheduler_options options)
-    : model_(m), gates_(std::move(gates)), options_(options) {
+    : model_(m), gates_(std::move(gates)), options_(options), decoder_(m) {
   const model_config& c = m.config();
   bytes_per_position_ = static_cast<size_t>(c.n_layer) * c.n_kv_head * kv_cache::bytes_per_slot(c.d_head);
   for (int i = 0; i < options_.n_parallel; ++i) {
@@ -209,13 +210,33 @@ void scheduler::run() {
         continue;
       }
     }
+    // Prefill chunks run one slot at a time; the decoding slots' tokens then run as one batch.
+    std::vector<slot*> batch;
     for (auto& sp : slots_) {
       if (!sp->t) continue;
-      step_slot(*sp);
-      // Requests that arrived during the step start now, not a whole round later.
-      std::lock_guard lock(mutex_);
-      if (stopping_) break;
-      admit_locked();
+      const bool prefilling = sp->n_prompt_done < sp->t->req.prompt.size();
+      if (advance(*sp)) batch.push_back(sp.get());
+      if (prefilling) {
+        // Requests that arrived during a prefill chunk start now, not a whole round later.
+        std::lock_guard lock(mutex_);
+        if (stopping_) break;
+        admit_locked();
+      }
+    }
+    if (!batch.empty()) {
+      std::vector<session*> sessions;
+      std::vector<int32_t> ids;
+      for (slot* sl : batch) {
+        sessions.push_back(sl->s.get());
+        ids.push_back(sl->pending);
+      }
+      try {
+        const std::span<const float> out = decoder_.step(sessions, ids);
+        const size_t n_vocab = model_.config().n_vocab;
+        for (size_t b = 0; b < batch.size(); ++b) stepped(*batch[b], out.subspan(b * n_vocab, n_vocab));
+      } catch (const std::exception& e) {
+        for (slot* sl : batch) finish(*sl, "error", e.what());
+      }
     }
     std::lock_guard lock(mutex_);
     size_t bytes = 0, reserved = 0;
@@ -253,11 +274,11 @@ void scheduler::run() {
   queue_.clear();
 }
 
-void scheduler::step_slot(slot& sl) {
+bool scheduler::advance(slot& sl) {
   task& t = *sl.t;
   if (t.cancelled) {
     finish(sl, "cancelled");
-    return;
+    return false;
   }
   const std::vector<int32_t>& prompt = t.req.prompt;
   session& s = *sl.s;
@@ -274,39 +295,47 @@ void scheduler::step_slot(slot& sl) {
         sl.logits.assign(out.begin(), out.end());
         sl.t_prompt = steady::now();
       }
-    } else {
-      int32_t id = 0;
-      const decode_event e = decode_next(sl.cursor, *sl.pick, sl.logits, model_.vocab(), s.n_past(), s.n_ctx(), &id);
-      if (e != decode_event::end) sl.generated += model_.vocab().token_bytes(id);
-      // A stop string ends the reply; the text before it is the reply.
-      const size_t stop_at = find_stop(sl.generated, t.req.stop, sl.emitted);
-      if (stop_at != std::string::npos) {
-        sl.generated.resize(stop_at);
-        emit(sl, true);
-        finish(sl, "stop");
-        return;
-      }
-      if (e == decode_event::step) {
-        auto out = s.step(std::span<const int32_t>(&id, 1), logits_mode::last);
-        sl.logits.assign(out.begin(), out.end());
-        sl.cached.push_back(id);
-        sl.cursor.result.last_pending = false;
-        emit(sl, false);
-      } else {
-        emit(sl, true);
-        finish(sl, sl.cursor.result.stop == "eos" ? "stop" : "length");
-        return;
-      }
+      shrink_reservation(sl);
+      return false;
     }
-    // A threshold-mode or full reservation shrinks to what is held plus what may still come.
-    if (options_.kv_memory_bytes && t.req.policy.config.mode != select_mode::budget) {
-      const size_t to_come = (prompt.size() - sl.n_prompt_done) + (t.req.n_predict - sl.cursor.result.ids.size());
-      const size_t bound = s.cache().bytes_total() + to_come * sl.bytes_per_position;
-      sl.reserved = std::min(sl.reserved, bound);
+    int32_t id = 0;
+    const decode_event e = decode_next(sl.cursor, *sl.pick, sl.logits, model_.vocab(), s.n_past(), s.n_ctx(), &id);
+    if (e != decode_event::end) sl.generated += model_.vocab().token_bytes(id);
+    // A stop string ends the reply; the text before it is the reply.
+    const size_t stop_at = find_stop(sl.generated, t.req.stop, sl.emitted);
+    if (stop_at != std::string::npos) {
+      sl.generated.resize(stop_at);
+      emit(sl, true);
+      finish(sl, "stop");
+      return false;
     }
+    if (e == decode_event::step) {
+      sl.pending = id;
+      return true;
+    }
+    emit(sl, true);
+    finish(sl, sl.cursor.result.stop == "eos" ? "stop" : "length");
   } catch (const std::exception& e) {
     finish(sl, "error", e.what());
   }
+  return false;
+}
+
+void scheduler::stepped(slot& sl, std::span<const float> logits) {
+  sl.logits.assign(logits.begin(), logits.end());
+  sl.cached.push_back(sl.pending);
+  sl.cursor.result.last_pending = false;
+  emit(sl, false);
+  shrink_reservation(sl);
+}
+
+// A threshold-mode or full reservation shrinks to what is held plus what may still come.
+void scheduler::shrink_reservation(slot& sl) {
+  const task& t = *sl.t;
+  if (!options_.kv_memory_bytes || t.req.policy.config.mode == select_mode::budget) return;
+  const size_t to_come = (t.req.prompt.size() - sl.n_prompt_done) + (t.req.n_predict - sl.cursor.result.ids.size());
+  const size_t bound = sl.s->cache().bytes_total() + to_come * sl.bytes_per_position;
+  sl.reserved = std::min(sl.reserved, bound);
 }
 
 // Hands the reply text that is safe to show to the task: whole UTF-8 characters, and nothing

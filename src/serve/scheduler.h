@@ -2,7 +2,9 @@
 //
 // A slot owns a session (its KV cache) and the policy runner of its request. Each round the
 // scheduler admits waiting requests into free slots (FIFO) while the KV pool has room, then gives
-// every active slot one step: a prefill chunk, or one decoded token. A finished slot keeps its
+// every active slot one step: a prefill chunk, or one decoded token. The decoding slots' tokens
+// run as one batch (model/batch_decoder.h): the weights are read once per round for all of them,
+// and each slot still gets the bits it would get alone. A finished slot keeps its
 // cache: a later request whose prompt starts with the slot's tokens under the same policy only
 // prefills the rest (the conversation continues). HTTP threads never touch a slot: they talk to
 // the scheduler through a task (its events under the task's mutex) and read the metrics, which
@@ -27,6 +29,7 @@
 #include <vector>
 
 #include "gate/gate_bank.h"
+#include "model/batch_decoder.h"
 #include "model/model.h"
 #include "serve/request.h"
 
@@ -91,7 +94,11 @@ class scheduler {
   struct slot;
   void run();
   bool admit_locked();
-  void step_slot(slot& sl);
+  // Runs a prefill chunk, or samples the slot's next token: true when that token must be stepped
+  // (then it is in the slot's pending id), false when the slot has finished or is still prefilling.
+  bool advance(slot& sl);
+  void stepped(slot& sl, std::span<const float> logits);  // after the pending token was stepped
+  void shrink_reservation(slot& sl);
   void finish(slot& sl, const std::string& reason, const std::string& error = {}, bool mutex_held = false);
   void emit(slot& sl, bool final);
 
@@ -107,6 +114,7 @@ class scheduler {
   int n_active_ = 0;           // slots running a task (guarded by mutex_)
   metrics_snapshot metrics_;   // guarded by mutex_
   std::vector<std::unique_ptr<slot>> slots_;  // touched by the scheduler thread only
+  batch_decoder decoder_;      // the decoding slots' tokens of a round, together
   uint64_t clock_ = 0;         // LRU ticks
   std::thread thread_;
 };
