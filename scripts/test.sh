@@ -2,6 +2,6 @@
 # The README's test command: installs what is missing, builds, runs the whole suite with ctest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh --test
 scripts/build.sh
 ctest --test-dir build --output-on-failure -j "$(nproc)" "$@"
