@@ -24,17 +24,20 @@ std::vector<int32_t> random_tokens(int n, uint64_t seed) {
   return t;
 }
 
+// Writes the tiny model of a family into this test's temporary directory.
+std::string tiny_file(const std::string& arch) {
+  test::tiny_spec spec;
+  spec.arch = arch;
+  spec.tied = arch != "qwen2";
+  const std::string path = test::temp_dir() + "/tiny_batch_" + arch + ".gguf";
+  test::write_tiny_model(path, spec);
+  return path;
+}
+
 const model& tiny(const std::string& arch) {
   static std::map<std::string, std::unique_ptr<model>> models;
   auto& m = models[arch];
-  if (!m) {
-    test::tiny_spec spec;
-    spec.arch = arch;
-    spec.tied = arch != "qwen2";
-    const std::string path = test::temp_dir() + "/tiny_batch_" + arch + ".gguf";
-    test::write_tiny_model(path, spec);
-    m = model::load(path);
-  }
+  if (!m) m = model::load(tiny_file(arch));
   return *m;
 }
 
@@ -208,6 +211,68 @@ TEST(batch_decoder, bad_batches_are_refused_before_any_cache_changes) {
   session* one[] = {&a};
   EXPECT_EQ(dec.step(one, std::span<const int32_t>(&id, 1)).size(), static_cast<size_t>(test::k_tiny_vocab));
   EXPECT_EQ(a.n_past(), 4);
+}
+
+TEST(batch_decoder, prefill_segments_match_the_double_reference) {
+  // Prompts of several lengths prefilled in one batch (the sgemm path for all their rows), then
+  // decoded together: every logit against the double-precision reference of its own sequence.
+  for (const char* arch : {"llama", "qwen2", "qwen3"}) {
+    SCOPED_TRACE(arch);
+    const std::string path = tiny_file(arch);
+    auto loaded = model::load(path);
+    const model& m = *loaded;
+    const std::vector<int> lengths = {5, 19, 30};
+    std::vector<std::vector<int32_t>> seqs;
+    std::vector<std::unique_ptr<session>> ss;
+    std::vector<batch_segment> segs;
+    for (size_t i = 0; i < lengths.size(); ++i) {
+      seqs.push_back(random_tokens(lengths[i] + 3, 300 + i));
+      ss.push_back(std::make_unique<session>(m, session_options{.n_ctx = 64, .kv = kv_type::f32}));
+    }
+    for (size_t i = 0; i < lengths.size(); ++i) {
+      segs.push_back({ss[i].get(), std::span<const int32_t>(seqs[i]).first(lengths[i]),
+                      i == 1 ? logits_mode::all : logits_mode::last});
+    }
+    batch_decoder dec(m);
+    const size_t n_vocab = test::k_tiny_vocab;
+    auto out = dec.step(segs, linear_rows::automatic);
+    ASSERT_EQ(out.size(), (1 + 19 + 1) * n_vocab);
+    std::vector<std::vector<float>> got(lengths.size());
+    got[0].assign(out.begin(), out.begin() + n_vocab);
+    got[1].assign(out.begin() + n_vocab, out.begin() + 20 * n_vocab);
+    got[2].assign(out.begin() + 20 * n_vocab, out.end());
+    for (int t = 0; t < 3; ++t) {  // then three decode steps together
+      std::vector<session*> batch;
+      std::vector<int32_t> ids;
+      for (size_t i = 0; i < lengths.size(); ++i) {
+        batch.push_back(ss[i].get());
+        ids.push_back(seqs[i][lengths[i] + t]);
+      }
+      auto step = dec.step(batch, ids);
+      for (size_t i = 0; i < lengths.size(); ++i) got[i].insert(got[i].end(), step.begin() + i * n_vocab, step.begin() + (i + 1) * n_vocab);
+    }
+    for (size_t i = 0; i < lengths.size(); ++i) {
+      const std::vector<double> ref = test::reference_logits(path, seqs[i]);
+      const int first = i == 1 ? 0 : lengths[i] - 1;  // the reference row of got[i]'s first row
+      ASSERT_EQ(got[i].size(), (ref.size() / n_vocab - first) * n_vocab);
+      double max_err = 0.0, max_ref = 0.0;
+      for (size_t j = 0; j < got[i].size(); ++j) {
+        const double r = ref[first * n_vocab + j];
+        max_err = std::max(max_err, std::abs(got[i][j] - r));
+        max_ref = std::max(max_ref, std::abs(r));
+      }
+      // The decode steps quantize activations to 8 bits (see model_test's tolerance).
+      EXPECT_LT(max_err, 1.5e-2 * std::max(1.0, max_ref)) << "sequence " << i;
+      // The prefill rows alone are f32 throughout.
+      double max_err_prefill = 0.0;
+      const size_t n_prefill_rows = i == 1 ? 19 : 1;
+      for (size_t j = 0; j < n_prefill_rows * n_vocab; ++j) {
+        max_err_prefill = std::max(max_err_prefill, std::abs(got[i][j] - ref[first * n_vocab + j]));
+      }
+      EXPECT_LT(max_err_prefill, 1e-4 * std::max(1.0, max_ref)) << "sequence " << i;
+    }
+    EXPECT_THROW(dec.step(std::vector<batch_segment>{{ss[0].get(), {}, logits_mode::last}}, linear_rows::automatic), error);
+  }
 }
 
 TEST(batch_decoder, real_model_greedy_replies_equal_decode_loop) {

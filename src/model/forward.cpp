@@ -135,11 +135,10 @@ void layer(const model& m, int il, int n, bool keep_pre, linear_rows rows, buffe
   for (size_t i = 0; i < a.x.size(); ++i) a.x[i] += a.xn[i];
 }
 
-std::span<const float> logits(const model& m, int first, int n_rows, linear_rows rows, buffers& a) {
+std::span<const float> logits(const model& m, const float* x, int n_rows, linear_rows rows, buffers& a) {
   const model_config& c = m.config();
   a.xn.resize(static_cast<size_t>(n_rows) * c.n_embd);
-  rms_norm(a.x.data() + static_cast<size_t>(first) * c.n_embd, m.output_norm().data(), a.xn.data(), n_rows,
-           c.n_embd, c.norm_eps);
+  rms_norm(x, m.output_norm().data(), a.xn.data(), n_rows, c.n_embd, c.norm_eps);
   a.logits.resize(static_cast<size_t>(n_rows) * c.n_vocab);
   linear_forward(m.output(), a.xn.data(), a.logits.data(), n_rows, a.scratch, rows);
   return a.logits;

@@ -44,8 +44,8 @@ void begin(const model& m, std::span<const int32_t> tokens, const int32_t* pos, 
 void layer(const model& m, int il, int n, bool keep_pre, linear_rows rows, buffers& a,
            const std::function<void()>& attend);
 
-// a.logits [n_rows, n_vocab] of rows first..first+n_rows-1 of a.x.
-std::span<const float> logits(const model& m, int first, int n_rows, linear_rows rows, buffers& a);
+// a.logits [n_rows, n_vocab] of the residual rows x [n_rows, n_embd] (rows of a.x, or gathered).
+std::span<const float> logits(const model& m, const float* x, int n_rows, linear_rows rows, buffers& a);
 
 }  // namespace forward
 }  // namespace kvgate

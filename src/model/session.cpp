@@ -58,7 +58,8 @@ std::span<const float> session::step(std::span<const int32_t> tokens, logits_mod
   std::span<const float> out;
   if (mode != logits_mode::none) {
     const int first = mode == logits_mode::all ? 0 : n - 1;
-    out = forward::logits(model_, first, n - first, linear_rows::automatic, a_);
+    out = forward::logits(model_, a_.x.data() + static_cast<size_t>(first) * c.n_embd, n - first,
+                          linear_rows::automatic, a_);
   }
   if (hook_) hook_->on_step(cache_, pos);
   return out;

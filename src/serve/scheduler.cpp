@@ -221,32 +221,38 @@ void scheduler::run() {
         continue;
       }
     }
-    // Prefill chunks run one slot at a time; the decoding slots' tokens then run as one batch.
-    std::vector<slot*> batch;
+    // The prefilling slots' next chunks run as one batch, then the decoding slots' tokens.
+    std::vector<slot*> prefill, decode;
     for (auto& sp : slots_) {
       if (!sp->t) continue;
-      const bool prefilling = sp->n_prompt_done < sp->t->req.prompt.size();
-      if (advance(*sp)) batch.push_back(sp.get());
-      if (prefilling) {
-        // Requests that arrived during a prefill chunk start now, not a whole round later.
-        std::lock_guard lock(mutex_);
-        if (stopping_) break;
-        admit_locked();
+      if (sp->t->cancelled) {
+        finish(*sp, "cancelled");
+      } else if (sp->n_prompt_done < sp->t->req.prompt.size()) {
+        prefill.push_back(sp.get());
+      } else if (advance(*sp)) {
+        decode.push_back(sp.get());
       }
     }
-    if (!batch.empty()) {
+    if (!prefill.empty()) {
+      prefill_chunks(prefill);
+      // Requests that arrived during the prefill start now, not a whole round later.
+      std::lock_guard lock(mutex_);
+      if (stopping_) continue;
+      admit_locked();
+    }
+    if (!decode.empty()) {
       std::vector<session*> sessions;
       std::vector<int32_t> ids;
-      for (slot* sl : batch) {
+      for (slot* sl : decode) {
         sessions.push_back(sl->s.get());
         ids.push_back(sl->pending);
       }
       try {
         const std::span<const float> out = decoder_.step(sessions, ids);
         const size_t n_vocab = model_.config().n_vocab;
-        for (size_t b = 0; b < batch.size(); ++b) stepped(*batch[b], out.subspan(b * n_vocab, n_vocab));
+        for (size_t b = 0; b < decode.size(); ++b) stepped(*decode[b], out.subspan(b * n_vocab, n_vocab));
       } catch (const std::exception& e) {
-        for (slot* sl : batch) finish(*sl, "error", e.what());
+        for (slot* sl : decode) finish(*sl, "error", e.what());
       }
     }
     std::lock_guard lock(mutex_);
@@ -285,30 +291,42 @@ void scheduler::run() {
   queue_.clear();
 }
 
+// One prefill chunk of each slot, together (one chunk per round, so that a long prompt does not
+// stall the other slots).
+void scheduler::prefill_chunks(const std::vector<slot*>& slots) {
+  std::vector<batch_segment> segments;
+  std::vector<slot*> last;  // the slots whose chunk ends their prompt, in segment order
+  for (slot* sl : slots) {
+    const std::vector<int32_t>& prompt = sl->t->req.prompt;
+    const size_t n = std::min(prompt.size() - sl->n_prompt_done, static_cast<size_t>(options_.n_batch));
+    const bool ends = sl->n_prompt_done + n == prompt.size();
+    segments.push_back({sl->s.get(), std::span<const int32_t>(prompt.data() + sl->n_prompt_done, n),
+                        ends ? logits_mode::last : logits_mode::none});
+    if (ends) last.push_back(sl);
+  }
+  try {
+    const std::span<const float> out = decoder_.step(segments, linear_rows::automatic);
+    const size_t n_vocab = model_.config().n_vocab;
+    const auto now = steady::now();
+    for (size_t b = 0; b < slots.size(); ++b) {
+      slot& sl = *slots[b];
+      sl.cached.insert(sl.cached.end(), segments[b].tokens.begin(), segments[b].tokens.end());
+      sl.n_prompt_done += segments[b].tokens.size();
+      shrink_reservation(sl);
+    }
+    for (size_t i = 0; i < last.size(); ++i) {
+      last[i]->logits.assign(out.begin() + i * n_vocab, out.begin() + (i + 1) * n_vocab);
+      last[i]->t_prompt = now;
+    }
+  } catch (const std::exception& e) {
+    for (slot* sl : slots) finish(*sl, "error", e.what());
+  }
+}
+
 bool scheduler::advance(slot& sl) {
   task& t = *sl.t;
-  if (t.cancelled) {
-    finish(sl, "cancelled");
-    return false;
-  }
-  const std::vector<int32_t>& prompt = t.req.prompt;
   session& s = *sl.s;
   try {
-    if (sl.n_prompt_done < prompt.size()) {
-      // One prefill chunk per round, so that a long prompt does not stall the other slots.
-      const size_t n = std::min(prompt.size() - sl.n_prompt_done, static_cast<size_t>(options_.n_batch));
-      const std::span<const int32_t> chunk(prompt.data() + sl.n_prompt_done, n);
-      const bool last = sl.n_prompt_done + n == prompt.size();
-      auto out = s.step(chunk, last ? logits_mode::last : logits_mode::none);
-      sl.cached.insert(sl.cached.end(), chunk.begin(), chunk.end());
-      sl.n_prompt_done += n;
-      if (last) {
-        sl.logits.assign(out.begin(), out.end());
-        sl.t_prompt = steady::now();
-      }
-      shrink_reservation(sl);
-      return false;
-    }
     int32_t id = 0;
     const decode_event e = decode_next(sl.cursor, *sl.pick, sl.logits, model_.vocab(), s.n_past(), s.n_ctx(), &id);
     if (e != decode_event::end) sl.generated += model_.vocab().token_bytes(id);

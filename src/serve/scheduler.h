@@ -2,9 +2,10 @@
 //
 // A slot owns a session (its KV cache) and the policy runner of its request. Each round the
 // scheduler admits waiting requests into free slots (FIFO) while the KV pool has room, then gives
-// every active slot one step: a prefill chunk, or one decoded token. The decoding slots' tokens
-// run as one batch (model/batch_decoder.h): the weights are read once per round for all of them,
-// and each slot still gets the bits it would get alone. A finished slot keeps its
+// every active slot one step: a prefill chunk, or one decoded token. The prefilling slots' chunks
+// run as one batch, then the decoding slots' tokens as another (model/batch_decoder.h): the
+// weights are read once per batch for all of them, and a decoding slot gets the bits it would
+// get alone. A finished slot keeps its
 // cache: a later request whose prompt starts with the slot's tokens under the same policy only
 // prefills the rest (the conversation continues). HTTP threads never touch a slot: they talk to
 // the scheduler through a task (its events under the task's mutex) and read the metrics, which
@@ -94,8 +95,9 @@ class scheduler {
   struct slot;
   void run();
   bool admit_locked();
-  // Runs a prefill chunk, or samples the slot's next token: true when that token must be stepped
-  // (then it is in the slot's pending id), false when the slot has finished or is still prefilling.
+  void prefill_chunks(const std::vector<slot*>& slots);  // the next prompt chunk of each, as one batch
+  // Samples a decoding slot's next token: true when that token must be stepped (then it is the
+  // slot's pending id), false when the slot has finished.
   bool advance(slot& sl);
   void stepped(slot& sl, std::span<const float> logits);  // after the pending token was stepped
   void shrink_reservation(slot& sl);
