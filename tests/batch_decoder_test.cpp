@@ -17,12 +17,7 @@
 namespace kvgate {
 namespace {
 
-std::vector<int32_t> random_tokens(int n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> t(n);
-  for (int32_t& id : t) id = static_cast<int32_t>(rng() % 256);
-  return t;
-}
+using test::random_tokens;
 
 // Writes the tiny model of a family into this test's temporary directory.
 std::string tiny_file(const std::string& arch) {

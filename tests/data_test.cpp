@@ -28,12 +28,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::vector<int32_t> random_tokens(int n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> t(n);
-  for (int32_t& id : t) id = static_cast<int32_t>(rng() % 256);
-  return t;
-}
+using test::random_tokens;
 
 const std::string& tiny_model_path() {
   static const std::string path = [] {

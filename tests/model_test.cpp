@@ -14,12 +14,7 @@
 namespace kvgate {
 namespace {
 
-std::vector<int32_t> random_tokens(int n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> t(n);
-  for (int32_t& id : t) id = static_cast<int32_t>(rng() % 256);
-  return t;
-}
+using test::random_tokens;
 
 std::string tiny_path(const test::tiny_spec& spec) {
   const std::string path = test::temp_dir() + "/tiny_" + spec.arch + ".gguf";

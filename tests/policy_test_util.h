@@ -35,12 +35,7 @@ inline const model& tiny_model() {
   return *m;
 }
 
-inline std::vector<int32_t> random_tokens(int n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> t(n);
-  for (int32_t& id : t) id = static_cast<int32_t>(rng() % 256);
-  return t;
-}
+using test::random_tokens;
 
 // Everything the engine showed an observer, keyed by (head, position): the brute-force side.
 struct recorder : observer {

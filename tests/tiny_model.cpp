@@ -280,4 +280,11 @@ std::vector<double> reference_logits(const std::string& path, const std::vector<
   return logits;
 }
 
+std::vector<int32_t> random_tokens(int n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> t(n);
+  for (int32_t& id : t) id = static_cast<int32_t>(rng() % 256);
+  return t;
+}
+
 }  // namespace kvgate::test

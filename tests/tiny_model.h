@@ -30,6 +30,9 @@ inline constexpr int k_tiny_vocab = 259;
 
 void write_tiny_model(const std::string& path, const tiny_spec& spec);
 
+// n byte tokens (ids < 256, in every tiny vocabulary), reproducible from the seed.
+std::vector<int32_t> random_tokens(int n, uint64_t seed);
+
 // Logits [n_tokens, n_vocab] of the whole sequence from an empty context, in double precision.
 // swap_rope_style computes it with the other family's RoPE pairing (to show tests can fail).
 std::vector<double> reference_logits(const std::string& path, const std::vector<int32_t>& tokens,

@@ -19,18 +19,8 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
-log=$(mktemp)
-"$kvgate" serve --port 0 --threads 1 --parallel 2 --ctx 512 --api-key test-key >"$log" 2>&1 &
-pid=$!
-trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null; rm -f "$log"' EXIT
-port=""
-for _ in $(seq 1 300); do
-  port=$(sed -n 's|.*listening on http://127.0.0.1:\([0-9]*\).*|\1|p' "$log")
-  if [ -n "$port" ] && grep -q "model loaded" "$log"; then break; fi
-  if ! kill -0 $pid 2>/dev/null; then cat "$log"; exit 1; fi
-  sleep 0.1
-done
-[ -n "$port" ] || { echo "server did not start"; cat "$log"; exit 1; }
+source "$here/../start_server.sh"
+start_server "$kvgate" --threads 1 --parallel 2 --ctx 512 --api-key test-key
 timeout 300 "$venv/bin/python" "$here/test_openai_client.py" "http://127.0.0.1:$port/v1" test-key
 # SIGTERM: the server stops by itself and exits 0.
 kill -TERM $pid

@@ -13,16 +13,6 @@ if [ -z "$chromium" ] || ! /usr/bin/python3 -c "import websocket" 2>/dev/null; t
   echo "FAIL: needs chromium and python3-websocket (run scripts/setup.sh --test)"
   exit 1
 fi
-log=$(mktemp)
-"$kvgate" serve --port 0 --threads 2 --parallel 1 --ctx 512 >"$log" 2>&1 &
-pid=$!
-trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null; rm -f "$log"' EXIT
-port=""
-for _ in $(seq 1 300); do
-  port=$(sed -n 's|.*listening on http://127.0.0.1:\([0-9]*\).*|\1|p' "$log")
-  if [ -n "$port" ] && grep -q "model loaded" "$log"; then break; fi
-  if ! kill -0 $pid 2>/dev/null; then cat "$log"; exit 1; fi
-  sleep 0.1
-done
-[ -n "$port" ] || { echo "server did not start"; cat "$log"; exit 1; }
+source "$here/../start_server.sh"
+start_server "$kvgate" --threads 2 --parallel 1 --ctx 512
 timeout 300 /usr/bin/python3 "$here/test_chat_page.py" "$chromium" "http://127.0.0.1:$port" "$build/chat_page.png"
