@@ -6,6 +6,7 @@
 #include <cstring>
 #include <random>
 
+#include "model/forward.h"
 #include "model/model.h"
 #include "model/sampler.h"
 #include "test_util.h"
@@ -237,6 +238,54 @@ TEST(kv_cache, attention_mass_recall_matches_full_attention_on_live_slots) {
   for (int il = 1; il < spec.n_layer; ++il) {
     EXPECT_GT(s.recall()[il].sum, 0.0);
     EXPECT_LT(s.recall()[il].sum, static_cast<double>(s.recall()[il].n));
+  }
+}
+
+// Records every layer's keys before and after RoPE, with their positions.
+struct key_recorder : observer {
+  std::vector<float> pre, post;  // [rows, d_head]
+  std::vector<int32_t> pos;      // [rows]
+  void on_layer(const layer_observation& o) override {
+    for (int t = 0; t < o.n_tok; ++t) {
+      for (int ih = 0; ih < o.n_kv_head; ++ih) {
+        const size_t off = (static_cast<size_t>(t) * o.n_kv_head + ih) * o.d_head;
+        pre.insert(pre.end(), o.k_pre_rope + off, o.k_pre_rope + off + o.d_head);
+        post.insert(post.end(), o.k_post_rope + off, o.k_post_rope + off + o.d_head);
+        pos.push_back(o.pos[t]);
+      }
+    }
+  }
+};
+
+TEST(forward, unrope_recovers_the_keys_before_rope) {
+  for (const char* arch : {"llama", "qwen2", "qwen3"}) {  // both pairings; qwen3 with QK-norm
+    SCOPED_TRACE(arch);
+    test::tiny_spec spec;
+    spec.arch = arch;
+    auto m = model::load(tiny_path(spec));
+    const model_config& c = m->config();
+    session s(*m, {.n_ctx = 128, .n_batch = 9});
+    key_recorder rec;
+    s.set_observer(&rec);
+    s.prefill(random_tokens(40, 21));
+    const int n = static_cast<int>(rec.pos.size());
+    double max_err = 0.0, max_err_shifted = 0.0, max_key = 0.0;
+    for (int shift : {0, 1}) {
+      std::vector<int32_t> pos = rec.pos;
+      for (int32_t& p : pos) p += shift;
+      std::vector<float> keys = rec.post;
+      forward::unrope_table table;
+      table.build(c, pos.data(), n);
+      // unrope takes [n, d_head] rows at the table's positions.
+      forward::unrope(c, keys.data(), table);
+      for (size_t i = 0; i < keys.size(); ++i) {
+        const double e = std::abs(keys[i] - rec.pre[i]);
+        (shift ? max_err_shifted : max_err) = std::max(shift ? max_err_shifted : max_err, e);
+        max_key = std::max(max_key, static_cast<double>(std::abs(rec.pre[i])));
+      }
+    }
+    EXPECT_LT(max_err, 1e-5 * std::max(1.0, max_key));
+    EXPECT_GT(max_err_shifted, 1e-2 * max_key);  // a position off by one is far off: the check can fail
   }
 }
 

@@ -1,5 +1,6 @@
 #include "model/forward.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "common/error.h"
@@ -72,6 +73,17 @@ void check_tokens(const model& m, std::span<const int32_t> tokens) {
   for (int32_t id : tokens) {
     if (id < 0 || id >= n_vocab) fail("token id {} is outside the vocabulary [0, {})", id, n_vocab);
   }
+}
+
+void unrope_table::build(const model_config& c, const int32_t* p, int n) {
+  if (pos.size() == static_cast<size_t>(n) && std::equal(pos.begin(), pos.end(), p)) return;
+  pos.assign(p, p + n);
+  rope_tables(p, n, c.n_rot, c.rope_base, cos, minus_sin);
+  for (float& v : minus_sin) v = -v;
+}
+
+void unrope(const model_config& c, float* x, const unrope_table& t) {
+  rope(x, t.cos.data(), t.minus_sin.data(), static_cast<int>(t.pos.size()), 1, c.d_head, c.n_rot, c.traits.rope);
 }
 
 void begin(const model& m, std::span<const int32_t> tokens, const int32_t* pos, buffers& a) {

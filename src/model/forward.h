@@ -9,6 +9,7 @@
 #include <span>
 #include <vector>
 
+#include "model/config.h"
 #include "model/linear.h"
 
 namespace kvgate {
@@ -43,6 +44,19 @@ void begin(const model& m, std::span<const int32_t> tokens, const int32_t* pos, 
 // keep_pre) filled for the n rows, and must fill a.attn_out [n, n_head * d_head].
 void layer(const model& m, int il, int n, bool keep_pre, linear_rows rows, buffers& a,
            const std::function<void()>& attend);
+
+// The inverse rotation angles of positions, for unrope; built once for all heads of a step.
+struct unrope_table {
+  std::vector<int32_t> pos;             // [n]
+  std::vector<float> cos, minus_sin;    // [n, n_rot / 2]
+  // Makes the table for pos[n], unless it already holds those positions.
+  void build(const model_config& c, const int32_t* p, int n);
+};
+
+// Undoes RoPE on key rows x [n, d_head] at the table's positions: the keys before RoPE, to float
+// rounding of the key as stored (the rotation is orthogonal, so the error is not amplified).
+// The learned gates read pre-RoPE keys this way instead of keeping a copy of them.
+void unrope(const model_config& c, float* x, const unrope_table& t);
 
 // a.logits [n_rows, n_vocab] of the residual rows x [n_rows, n_embd] (rows of a.x, or gathered).
 std::span<const float> logits(const model& m, const float* x, int n_rows, linear_rows rows, buffers& a);

@@ -5,6 +5,7 @@
 
 #include "common/error.h"
 #include "common/random.h"
+#include "model/forward.h"
 #include "policy/policy.h"
 
 namespace kvgate {
@@ -158,10 +159,11 @@ class random_scorer final : public scorer {
 // evicted), so n is the same for all heads.
 class learned_scorer final : public scorer {
  public:
-  learned_scorer(std::shared_ptr<const gate_bank> gates, int block, int window)
-      : gates_(std::move(gates)), block_(block), window_(window),
+  learned_scorer(std::shared_ptr<const gate_bank> gates, const model_config& model, int block, int window)
+      : gates_(std::move(gates)), model_(model), block_(block), window_(window),
         pre_rope_(gates_->meta().key_kind == "pre-rope") {}
-  scorer_needs needs() const override { return {.pre_rope_keys = pre_rope_, .block = block_}; }
+  // Pre-RoPE keys are recovered from the stored keys (forward::unrope), so the cache keeps no copy.
+  scorer_needs needs() const override { return {.pre_rope_keys = false, .block = block_}; }
 
   void score(kv_cache& cache, const score_request& req) override {
     const int n_kv = cache.n_kv_head(), d = cache.d_head();
@@ -176,12 +178,11 @@ class learned_scorer final : public scorer {
       const int il = static_cast<int>(hd) / n_kv, ih = static_cast<int>(hd) % n_kv;
       const kv_head& h = cache.head(il, ih);
       const slot_range r = req.ranges[hd];
+      float* keys = keys_.data() + hd * n * d;
+      h.k.to_float(r.begin, n, keys);
       if (pre_rope_) {
-        const size_t pre_first = h.n_slots() - cache.n_pre_rope(il, ih);
-        if (r.begin < pre_first) fail("learned policy: the pre-RoPE key of slot {} was already released", r.begin);
-        std::copy_n(h.k_pre.data() + (r.begin - pre_first) * d, static_cast<size_t>(n) * d, keys_.data() + hd * n * d);
-      } else {
-        h.k.to_float(r.begin, n, keys_.data() + hd * n * d);
+        unrope_.build(model_, h.pos.data() + r.begin, static_cast<int>(n));  // usually once for all heads
+        forward::unrope(model_, keys, unrope_);
       }
     }
     const int n_out = gates_->n_out();
@@ -198,8 +199,10 @@ class learned_scorer final : public scorer {
 
  private:
   std::shared_ptr<const gate_bank> gates_;
+  model_config model_;
   int block_, window_;
   bool pre_rope_;
+  forward::unrope_table unrope_;
   std::vector<float> keys_;    // [H, n, d_head]
   std::vector<float> logits_;  // [H, n, n_out]
 };
@@ -242,7 +245,7 @@ std::unique_ptr<scorer> make_scorer(const policy_config& config, const model_con
         fail("gate file key kind '{}' is neither pre-rope nor post-rope", m.key_kind);
       }
       if (config.gate_block < 1) fail("gate block {} must be at least 1", config.gate_block);
-      return std::make_unique<learned_scorer>(std::move(gates), config.gate_block, config.window);
+      return std::make_unique<learned_scorer>(std::move(gates), model, config.gate_block, config.window);
     }
   }
   fail("unknown policy");

@@ -77,20 +77,11 @@ void scheduler::shutdown() {
 
 size_t scheduler::reservation(const completion_request& req) const {
   const policy_config& c = req.policy.config;
-  const model_config& mc = model_.config();
-  const size_t n_total = req.prompt.size() + static_cast<size_t>(req.n_predict);
-  size_t n = n_total;
+  size_t n = req.prompt.size() + static_cast<size_t>(req.n_predict);
   if (c.mode == select_mode::budget) {
     n = std::min(n, static_cast<size_t>(c.sinks + c.window + c.budget + options_.n_batch));
   }
-  size_t bytes = n * bytes_per_position_;
-  if (c.kind == policy_kind::learned) {
-    // The gates read pre-RoPE keys (f32), kept only until a position is scored: those of the
-    // window, the newest prefill chunk and a gate block at most.
-    const size_t n_pre = std::min(n_total, static_cast<size_t>(c.window + options_.n_batch + c.gate_block));
-    bytes += n_pre * static_cast<size_t>(mc.n_layer) * mc.n_kv_head * mc.d_head * sizeof(float);
-  }
-  return bytes;
+  return n * bytes_per_position_;
 }
 
 void scheduler::submit(const std::shared_ptr<task>& t) {
@@ -178,12 +169,7 @@ bool scheduler::admit_locked() {
     slot& sl = *best;
     sl.t = t;
     sl.reserved = need;
-    // For the shrinking bound: a position to come may also hold a pre-RoPE key for a while.
     sl.bytes_per_position = bytes_per_position_;
-    if (t->req.policy.config.kind == policy_kind::learned) {
-      const model_config& mc = model_.config();
-      sl.bytes_per_position += static_cast<size_t>(mc.n_layer) * mc.n_kv_head * mc.d_head * sizeof(float);
-    }
     sl.last_used = ++clock_;
     if (reuse) {
       sl.n_prompt_done = sl.cached.size();
