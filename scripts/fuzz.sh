@@ -3,6 +3,8 @@
 #   scripts/fuzz.sh [seconds per harness] [harness...]     each harness for a time (default 60 s)
 #   scripts/fuzz.sh --runs N [harness...]                  each harness to N executions (no time cap;
 #                                                          also KVGATE_FUZZ_RUNS=N)
+# KVGATE_FUZZ_TIMEOUT (default 20 s) is libFuzzer's per-input timeout; raise it on a loaded machine,
+# where a stalled process is reported as a timeout.
 # and prints a table of executions, seconds, exec/s, coverage (cov / ft) and crashes per harness.
 # Harnesses (tests/fuzz/fuzz_targets.h): gguf tokenizer chat dataset serve. Builds them with clang under
 # ASan + UBSan into build-fuzz/, seeds each corpus from the project's own files (tests/data, a
@@ -59,7 +61,7 @@ for h in "${harnesses[@]}"; do
   if [ -n "$runs" ]; then echo "fuzz: $h for $runs executions" >&2; else echo "fuzz: $h for $seconds s" >&2; fi
   # -rss_limit_mb: an input that makes kvgate allocate past it is a bug (sizes not bounded).
   build-fuzz/tests/fuzz/fuzz_"$h" "$corpus" "${limit[@]}" "${dict[@]}" -rss_limit_mb=2048 -malloc_limit_mb=1024 \
-    -max_len="$max_len" -timeout=20 -print_final_stats=1 -artifact_prefix="build-fuzz/crashes/$h/" \
+    -max_len="$max_len" -timeout="${KVGATE_FUZZ_TIMEOUT:-20}" -print_final_stats=1 -artifact_prefix="build-fuzz/crashes/$h/" \
     2>&1 | tee "build-fuzz/fuzz_$h.log" | grep -E '^#[0-9]+ *(DONE|pulse)|stat::|ERROR|SUMMARY|Test unit' >&2 || true
 done
 
