@@ -1,6 +1,7 @@
 // kvgate bench: its statistics helpers, the configurations it sweeps, and an end-to-end run on
-// the real model whose figures are checked against `kvgate perplexity` (an independent path:
-// hard eviction, its own NLL) and against what the policies must keep.
+// the real model whose figures are checked against `kvgate perplexity` (another path: hard
+// eviction, token_nll where the bench uses log_softmax; only the chunking is shared, in
+// eval/window_nll.h, and tested on its own in eval_test) and against what the policies must keep.
 #include <gtest/gtest.h>
 
 #include <cmath>

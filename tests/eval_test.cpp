@@ -16,9 +16,13 @@
 #include "eval/metrics.h"
 #include "eval/plots.h"
 #include "eval/report.h"
+#include "eval/window_nll.h"
 #include "gate/gate_bank.h"
 #include "gguf/gguf.h"
+#include "model/linear.h"
+#include "model/model.h"
 #include "test_util.h"
+#include "tiny_model.h"
 
 namespace kvgate {
 namespace {
@@ -450,6 +454,64 @@ TEST(eval_report, missing_loss_csv_column_is_named) {
     FAIL() << "accepted";
   } catch (const error& e) {
     EXPECT_NE(std::string(e.what()).find("val_loss"), std::string::npos) << e.what();
+  }
+}
+
+// The shared chunked next-token loop of perplexity and bench: every position but the last
+// predicts exactly once, chunk by chunk; the summed NLL equals the same chunks stepped by hand and
+// scored here in double precision, and, on the f32 path (steps of >= k_sgemm_min_rows tokens, f32
+// cache), the double-precision reference forward pass (tests/tiny_model.h, written from the
+// architecture, not from src/model).
+TEST(window_nll, chunks_cover_each_prediction_once_and_match_the_reference) {
+  const std::string path = test::temp_dir() + "/window_nll.gguf";
+  test::write_tiny_model(path, test::tiny_spec{});
+  const auto m = model::load(path);
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int32_t> pick(0, test::k_tiny_vocab - 1);
+  std::vector<int32_t> tokens(41);
+  for (int32_t& t : tokens) t = pick(rng);
+  const int n = static_cast<int>(tokens.size());
+  const int n_vocab = test::k_tiny_vocab;
+  // -log softmax(row)[target] in double precision.
+  const auto nll_of = [&](const auto* row, int32_t target) {
+    double max = row[0], sum = 0.0;
+    for (int v = 0; v < n_vocab; ++v) max = std::max<double>(max, row[v]);
+    for (int v = 0; v < n_vocab; ++v) sum += std::exp(row[v] - max);
+    return max + std::log(sum) - row[target];
+  };
+  const std::vector<double> ref = test::reference_logits(path, tokens);  // [n, n_vocab]
+  double ref_nll = 0.0, max_ref = 0.0;
+  for (int p = 0; p + 1 < n; ++p) ref_nll += nll_of(ref.data() + static_cast<size_t>(p) * n_vocab, tokens[p + 1]);
+  for (double r : ref) max_ref = std::max(max_ref, std::abs(r));
+
+  for (int batch : {1, 6, 40, 41, 64}) {
+    SCOPED_TRACE(batch);
+    const session_options options{.n_ctx = n, .n_batch = batch, .kv = kv_type::f32};
+    session s(*m, options);
+    std::vector<int> seen(n, 0);
+    run_window_chunks(s, tokens, batch, [&](int first, std::span<const float> logits, int n_rows) {
+      EXPECT_EQ(first % batch, 0);
+      EXPECT_GE(n_rows, 1);
+      EXPECT_LE(n_rows, batch);
+      EXPECT_EQ(logits.size(), static_cast<size_t>(n_rows) * n_vocab);
+      for (int t = 0; t < n_rows; ++t) ++seen[first + t];
+    });
+    for (int p = 0; p < n; ++p) EXPECT_EQ(seen[p], p + 1 < n ? 1 : 0) << p;
+
+    session by_hand(*m, options);
+    double hand_nll = 0.0;
+    for (int start = 0; start < n; start += batch) {
+      const int k = std::min(batch, n - start);
+      const auto logits = by_hand.step(std::span(tokens).subspan(start, k), logits_mode::all);
+      for (int t = 0; t < k && start + t + 1 < n; ++t) hand_nll += nll_of(logits.data() + static_cast<size_t>(t) * n_vocab, tokens[start + t + 1]);
+    }
+    session s2(*m, options);
+    double nll = 0.25;  // added to, not overwritten
+    EXPECT_EQ(add_window_nll(s2, tokens, batch, &nll), n - 1);
+    EXPECT_NEAR(nll - 0.25, hand_nll, 1e-9 * hand_nll);
+    // Engine logits within 1e-4 of the logit range of the reference (model_test) move each NLL
+    // by at most twice that.
+    if (std::min(batch, n) >= k_sgemm_min_rows) EXPECT_NEAR(nll - 0.25, ref_nll, 2e-4 * max_ref * (n - 1));
   }
 }
 

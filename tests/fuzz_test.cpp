@@ -39,10 +39,11 @@ TEST(fuzz_regressions, gguf_inputs_are_refused_or_read) { EXPECT_GT(replay("gguf
 TEST(fuzz_regressions, tokenizer_inputs_round_trip_or_are_refused) { EXPECT_GT(replay("tokenizer"), 0); }
 TEST(fuzz_regressions, chat_inputs_format) { EXPECT_GT(replay("chat"), 0); }
 TEST(fuzz_regressions, dataset_inputs_are_refused_or_read) { EXPECT_GT(replay("dataset"), 0); }
+TEST(fuzz_regressions, serve_requests_are_refused_or_parsed) { EXPECT_GT(replay("serve"), 0); }
 
 // The entry points must see every byte: a few inputs built here, not only committed ones.
 TEST(fuzz_regressions, entries_take_empty_and_tiny_inputs) {
-  for (const char* h : {"gguf", "tokenizer", "chat", "dataset"}) {
+  for (const char* h : {"gguf", "tokenizer", "chat", "dataset", "serve"}) {
     const fuzz::entry entry = fuzz::find_entry(h);
     ASSERT_NE(entry, nullptr);
     entry(nullptr, 0);

@@ -9,8 +9,8 @@
 #include "cli/policy_options.h"
 #include "common/error.h"
 #include "common/files.h"
+#include "eval/window_nll.h"
 #include "model/model.h"
-#include "model/sampler.h"
 
 namespace kvgate::cli {
 
@@ -50,23 +50,13 @@ void register_perplexity(CLI::App& app) {
 
     session s(*m, {.n_ctx = o->n_ctx, .n_batch = o->n_batch, .kv = parse_kv_type(o->kv_type)});
     policy->attach(s);
-    const int n_vocab = m->config().n_vocab;
     double nll_sum = 0.0;
     int64_t n_scored = 0;
     stopwatch clock;
     for (int64_t w = 0; w < n_windows; ++w) {
       s.reset();
-      const int32_t* window = ids.data() + w * o->n_ctx;
-      for (int start = 0; start < o->n_ctx; start += o->n_batch) {
-        const int n = std::min(o->n_batch, o->n_ctx - start);
-        auto logits = s.step(std::span<const int32_t>(window + start, n), logits_mode::all);
-        for (int t = 0; t < n; ++t) {
-          const int target = start + t + 1;  // logits at position p predict token p + 1
-          if (target >= o->n_ctx) break;
-          nll_sum += token_nll(logits.subspan(static_cast<size_t>(t) * n_vocab, n_vocab), window[target]);
-          ++n_scored;
-        }
-      }
+      const std::span<const int32_t> window(ids.data() + w * o->n_ctx, static_cast<size_t>(o->n_ctx));
+      n_scored += add_window_nll(s, window, o->n_batch, &nll_sum);
       const double elapsed = clock.seconds();
       const double done = static_cast<double>(w + 1) / n_windows;
       std::fprintf(stderr, "\rperplexity: window %lld/%lld, %.0f tok/s, ppl so far %.4f, ETA %.0f s   ",

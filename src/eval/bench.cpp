@@ -13,6 +13,7 @@
 #include "common/error.h"
 #include "common/files.h"
 #include "data/corpus.h"
+#include "eval/window_nll.h"
 #include "model/linear.h"
 #include "model/model.h"
 #include "model/sampler.h"
@@ -263,19 +264,18 @@ std::vector<quality_result> run_quality(const model& m, std::shared_ptr<const ga
     {
       const auto t0 = steady::now();
       session s(m, {.n_ctx = ctx, .n_batch = batch});
-      for (int start = 0; start < ctx; start += batch) {
-        const int n = std::min(batch, ctx - start);
-        auto logits = s.step(std::span<const int32_t>(w.tokens.data() + start, n), logits_mode::all);
-        const int n_rows = std::min(n, n_pred - start);
-#pragma omp parallel for num_threads(compute_threads()) reduction(+ : ref_nll)
+      run_window_chunks(s, w.tokens, batch, [&](int first, std::span<const float> logits, int n_rows) {
+        double nll = 0.0;
+#pragma omp parallel for num_threads(compute_threads()) reduction(+ : nll)
         for (int t = 0; t < n_rows; ++t) {
-          const size_t p = static_cast<size_t>(start + t);
+          const size_t p = static_cast<size_t>(first + t);
           float* lp = ref.data() + p * n_vocab;
           log_softmax(logits.data() + static_cast<size_t>(t) * n_vocab, n_vocab, lp);
           ref_top[p] = argmax(lp, n_vocab);
-          ref_nll -= lp[w.tokens[p + 1]];
+          nll -= lp[w.tokens[p + 1]];
         }
-      }
+        ref_nll += nll;
+      });
       ref_bytes = s.cache().bytes_total();
       // The full configuration is the reference itself (the policy path gives it bit for bit:
       // policy_test holds that), so it is not run twice.
@@ -310,14 +310,11 @@ std::vector<quality_result> run_quality(const model& m, std::shared_ptr<const ga
       auto runner = make_policy(config.policy, mc, gates);
       runner->attach(s);
       sums& a = acc[ic];
-      for (int start = 0; start < ctx; start += batch) {
-        const int n = std::min(batch, ctx - start);
-        auto logits = s.step(std::span<const int32_t>(w.tokens.data() + start, n), logits_mode::all);
-        const int n_rows = std::min(n, n_pred - start);
+      run_window_chunks(s, w.tokens, batch, [&](int first, std::span<const float> logits, int n_rows) {
         double nll = 0, kl = 0, agree = 0;
 #pragma omp parallel for num_threads(compute_threads()) reduction(+ : nll, kl, agree)
         for (int t = 0; t < n_rows; ++t) {
-          const size_t p = static_cast<size_t>(start + t);
+          const size_t p = static_cast<size_t>(first + t);
           float* lq = row.data() + static_cast<size_t>(omp_get_thread_num()) * n_vocab;
           log_softmax(logits.data() + static_cast<size_t>(t) * n_vocab, n_vocab, lq);
           const float* lp = ref.data() + p * n_vocab;
@@ -330,7 +327,7 @@ std::vector<quality_result> run_quality(const model& m, std::shared_ptr<const ga
         a.nll += nll;
         a.kl += kl;
         a.agree += agree;
-      }
+      });
       const policy_stats& ps = runner->stats();
       a.share_final += kv_share_live(s.cache(), ctx);
       a.share_mean += ps.kv_share_mean();

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <string_view>
 #include <vector>
+#include <limits>
 
 #include "common/error.h"
 #include "common/paths.h"
@@ -18,6 +19,8 @@
 #include "gguf/gguf.h"
 #include "model/config.h"
 #include "model/model.h"
+#include "serve/request.h"
+#include "serve/text.h"
 #include "tokenizer/chat.h"
 #include "tokenizer/tokenizer.h"
 
@@ -205,11 +208,199 @@ void dataset_input(const uint8_t* data, size_t size) {
   }
 }
 
+namespace {
+
+// Whole valid UTF-8 (no overlong forms, surrogates or code points past U+10FFFF), scanned forward:
+// an independent reference for what the text streaming may cut.
+bool valid_utf8(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    size_t len = 0;
+    uint32_t cp = 0;
+    if (c < 0x80) {
+      len = 1, cp = c;
+    } else if (c >= 0xC2 && c <= 0xDF) {
+      len = 2, cp = c & 0x1F;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      len = 3, cp = c & 0x0F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      len = 4, cp = c & 0x07;
+    } else {
+      return false;
+    }
+    if (i + len > s.size()) return false;
+    for (size_t k = 1; k < len; ++k) {
+      const auto d = static_cast<unsigned char>(s[i + k]);
+      if ((d & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (d & 0x3F);
+    }
+    if ((len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) || (len == 4 && (cp < 0x10000 || cp > 0x10FFFF))) {
+      return false;
+    }
+    i += len;
+  }
+  return true;
+}
+
+// A reply streamed as the scheduler streams it (scheduler::step and emit): pieces appended, the
+// first stop string found ends the reply, and between pieces only the text safe_text_end allows is
+// shown. Returns the shown text; *stopped tells whether a stop string ended it.
+std::string stream_reply(std::string_view text, const std::vector<size_t>& piece_ends, const std::vector<std::string>& stop,
+                         bool* stopped) {
+  std::string generated, shown;
+  size_t emitted = 0;
+  const bool check_utf8 = valid_utf8(text);
+  *stopped = false;
+  for (size_t end : piece_ends) {
+    generated.assign(text.substr(0, end));
+    const size_t stop_at = serve::find_stop(generated, stop, emitted);
+    if (stop_at != std::string::npos) {
+      if (stop_at < emitted) broken("a stop string began inside text already shown");
+      shown.append(generated, emitted, stop_at - emitted);
+      *stopped = true;
+      return shown;
+    }
+    const size_t safe = serve::safe_text_end(generated, emitted, stop);
+    if (safe < emitted || safe > generated.size()) broken("safe_text_end outside [emitted, size]");
+    if (safe > emitted) {
+      shown.append(generated, emitted, safe - emitted);
+      emitted = safe;
+      if (check_utf8 && !valid_utf8(shown)) broken("streamed text of a valid UTF-8 reply ends inside a character");
+    }
+  }
+  shown.append(generated, emitted, generated.size() - emitted);  // the final emit
+  return shown;
+}
+
+void check_stream(std::string_view rest) {
+  // reply NUL stop NUL stop ... ; the reply's first byte gives the piece length pattern.
+  std::vector<std::string_view> parts;
+  size_t begin = 0;
+  for (size_t i = 0; i <= rest.size(); ++i) {
+    if (i == rest.size() || rest[i] == '\0') {
+      parts.push_back(rest.substr(begin, i - begin));
+      begin = i + 1;
+    }
+  }
+  const std::string_view text = parts[0];
+  std::vector<std::string> stop;  // as the request allows: at most 16, each 1 to 256 bytes
+  for (size_t i = 1; i < parts.size() && stop.size() < 16; ++i)
+    if (!parts[i].empty() && parts[i].size() <= 256) stop.emplace_back(parts[i]);
+
+  // Brute force: the earliest start of any stop string in the whole text.
+  size_t first = std::string::npos;
+  for (const std::string& s : stop)
+    for (size_t p = 0; p + s.size() <= text.size() && p < first; ++p)
+      if (text.compare(p, s.size(), s) == 0) first = std::min(first, p);
+
+  // Whole text in one piece: the reply is the text before the earliest stop string.
+  bool stopped = false;
+  const std::string whole = stream_reply(text, {text.size()}, stop, &stopped);
+  if (whole != text.substr(0, std::min(first, text.size())) || stopped != (first != std::string::npos)) {
+    broken("a reply in one piece is not the text before its first stop string");
+  }
+  // In pieces of 1 to 4 bytes (a token's bytes): a prefix of the text holding no stop string, cut
+  // right before one when stopped, the whole text otherwise.
+  std::vector<size_t> ends;
+  for (size_t end = 0, k = 0; end < text.size(); ++k) {
+    end = std::min(text.size(), end + 1 + (static_cast<unsigned char>(text[k % text.size()]) % 4));
+    ends.push_back(end);
+  }
+  const std::string shown = stream_reply(text, ends, stop, &stopped);
+  if (text.substr(0, shown.size()) != shown) broken("streamed reply is not a prefix of the text");
+  for (const std::string& s : stop)
+    if (shown.find(s) != std::string::npos) broken("streamed reply holds a stop string");
+  if (stopped) {
+    bool at_stop = false;
+    for (const std::string& s : stop) at_stop |= text.compare(shown.size(), s.size(), s) == 0;
+    if (!at_stop) broken("streamed reply stopped where no stop string begins");
+  } else if (shown != text) {
+    broken("streamed reply without a stop string lost text");
+  }
+}
+
+const gate_meta& fuzz_gates() {
+  static const gate_meta meta = [] {
+    gate_meta m;
+    m.model_name = "fuzz";
+    m.model_arch = "llama";
+    m.n_layer = 1;
+    m.n_kv_head = 1;
+    m.d_head = 64;
+    m.threshold = 0.25f;
+    return m;
+  }();
+  return meta;
+}
+
+void check_ids(const std::vector<int32_t>& ids, int32_t n_vocab, const char* what) {
+  for (int32_t id : ids)
+    if (id < 0 || id >= n_vocab) broken(what);
+}
+
+}  // namespace
+
+void serve_input(const uint8_t* data, size_t size) {
+  if (size == 0) return;
+  const tokenizer& tok = default_tokenizer();
+  // Bits 0-2: the mode (chat, completion, tokenize, detokenize, text; 5-7 as 0-2), bits 3-5: the
+  // context size, bit 6: the server has gates.
+  const uint8_t mode = (data[0] & 7) % 5;
+  const std::string body(reinterpret_cast<const char*>(data + 1), size - 1);
+  if (mode == 4) {
+    check_stream(body);
+    return;
+  }
+  static constexpr int ctx_sizes[8] = {4096, 2048, 512, 128, 16, 2, 1, 32768};
+  serve::request_limits limits;
+  limits.n_ctx = ctx_sizes[(data[0] >> 3) & 7];
+  limits.n_vocab = tok.n_vocab();
+  limits.gates = (data[0] & 0x40) ? &fuzz_gates() : nullptr;
+  try {
+    const nlohmann::json j = serve::parse_body(body);
+    if (mode == 2) {
+      check_ids(serve::parse_tokenize(j, tok), tok.n_vocab(), "/tokenize gave an id outside the vocabulary");
+    } else if (mode == 3) {
+      const std::vector<int32_t> ids = serve::parse_detokenize(j, limits.n_vocab);
+      check_ids(ids, tok.n_vocab(), "/detokenize let an id outside the vocabulary through");
+      (void)tok.decode(ids);  // what the server answers with
+    } else {
+      const serve::completion_request r = serve::parse_completion(j, mode == 0, tok, limits);
+      const int64_t n_prompt = static_cast<int64_t>(r.prompt.size());
+      if (n_prompt == 0 || n_prompt >= limits.n_ctx) broken("a prompt that leaves no room passed");
+      check_ids(r.prompt, tok.n_vocab(), "a prompt id outside the vocabulary passed");
+      // max_tokens 0 is allowed (the prompt is processed, nothing generated).
+      if (r.n_predict < 0 || n_prompt + r.n_predict > limits.n_ctx) broken("n_predict outside [0, context left]");
+      if (r.stop.size() > 16) broken("more than 16 stop strings");
+      for (const std::string& s : r.stop)
+        if (s.empty() || s.size() > 256) broken("a stop string outside 1 to 256 bytes");
+      const sampler_params& sp = r.sampling;
+      if (!(sp.temperature >= 0 && sp.temperature <= 100) || !(sp.top_p >= 0 && sp.top_p <= 1) || sp.top_k < 0 ||
+          sp.top_k > tok.n_vocab()) {
+        broken("sampling parameters outside their ranges");
+      }
+      if (r.policy.key != r.policy.json.dump()) broken("the policy key is not its JSON");
+      // The echoed policy, sent back as kv_policy, is the same policy (ranges checked against a
+      // context large enough for the defaults).
+      serve::request_limits wide = limits;
+      wide.n_ctx = std::numeric_limits<int>::max();
+      const nlohmann::json echo = nlohmann::json::parse(r.policy.key);
+      if (serve::parse_kv_policy(&echo, wide).key != r.policy.key) broken("the echoed kv_policy parses to another policy");
+    }
+  } catch (const serve::api_error& e) {
+    if (e.status < 400 || e.status > 499) broken("a request's own mistake answered outside 4xx");
+    (void)serve::dump_json(serve::error_body(e));
+  } catch (const error&) {
+  }
+}
+
 entry find_entry(const std::string& name) {
   if (name == "gguf") return gguf_input;
   if (name == "tokenizer") return tokenizer_input;
   if (name == "chat") return chat_input;
   if (name == "dataset") return dataset_input;
+  if (name == "serve") return serve_input;
   return nullptr;
 }
 

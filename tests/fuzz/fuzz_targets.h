@@ -23,8 +23,14 @@ void tokenizer_input(const uint8_t* data, size_t size);
 void chat_input(const uint8_t* data, size_t size);
 // First byte even: the rest as manifest.json; odd: the rest as a shard file.
 void dataset_input(const uint8_t* data, size_t size);
+// The server's request parsing (src/serve/request.h) and reply-text streaming (src/serve/text.h).
+// The first byte picks the mode, the context size and whether the server has gates (bits 0-2, 3-5
+// and 6; see serve_input); the rest is a request body for /v1/chat/completions, /v1/completions,
+// /tokenize or /detokenize (checked as the server uses it), or, in the text mode, a reply and stop
+// strings split at NUL bytes, streamed in pieces as the scheduler streams it.
+void serve_input(const uint8_t* data, size_t size);
 
-// The harnesses by name ("gguf", "tokenizer", "chat", "dataset"); nullptr for another name.
+// The harnesses by name ("gguf", "tokenizer", "chat", "dataset", "serve"); nullptr for another name.
 using entry = void (*)(const uint8_t*, size_t);
 entry find_entry(const std::string& name);
 

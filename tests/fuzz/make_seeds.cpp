@@ -5,6 +5,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <string>
+#include <vector>
 
 #include "common/files.h"
 #include "common/paths.h"
@@ -121,6 +123,45 @@ int main(int argc, char** argv) {
   m.docs = {{0, 0, 40}};
   m.shards = {"shard-00000.bin"};
   seed("dataset", "manifest", std::string(1, '\0') + m.to_json().dump(1));
+  // serve: request bodies as clients send them (the OpenAI client, llama-server's, the chat page),
+  // each under a few context sizes and with and without gates, and streamed replies with stops.
+  // First byte: mode | context index << 3 | gates << 6 (tests/fuzz/fuzz_targets.cpp).
+  const auto serve_seed = [&](const std::string& name, int mode, int ctx, bool gates, const std::string& body) {
+    seed("serve", name, std::string(1, static_cast<char>(mode | ctx << 3 | (gates ? 0x40 : 0))) + body);
+  };
+  const std::vector<std::string> chats = {
+      R"({"model": "kvgate", "messages": [{"role": "user", "content": "What is a KV cache?"}]})",
+      R"({"messages": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "hi"},)"
+      R"( {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Name three fruits."}],)"
+      R"( "max_tokens": 64, "temperature": 0.7, "top_p": 0.9, "top_k": 40, "seed": 42, "stop": ["\n\n", "User:"]})",
+      R"({"messages": [{"role": "developer", "content": [{"type": "text", "text": "Be brief. "}, {"type": "text", "text": "Use French."}]},)"
+      R"( {"role": "user", "content": "Bonjour \u00e9t\u00e9 \ud83d\ude00"}], "stream": true, "stream_options": {"include_usage": true}})",
+      R"({"messages": [{"role": "user", "content": "hi"}], "kv_policy": {"name": "h2o", "budget": 256, "window": 128, "sinks": 4}})",
+      R"({"messages": [{"role": "user", "content": "hi"}], "kv_policy": {"name": "learned", "threshold": 0.5, "layout": "per-layer"}, "kv_strip": true})",
+      R"({"messages": [{"role": "user", "content": "hi"}], "kv_policy": {"name": "random", "budget": 32, "seed": 7}, "n": 1, "max_completion_tokens": 8})",
+      R"({"messages": [{"role": "user", "content": "hi"}], "kv_policy": {"name": "streaming", "window": 16, "sinks": 0}, "n_predict": -1})",
+      R"({"messages": [{"role": "user", "content": "hi"}], "kv_policy": {"name": "tova", "budget": 8, "threshold": null}, "stop": "\n"})",
+  };
+  const std::vector<std::string> completions = {
+      R"({"model": "kvgate", "prompt": "The capital of France is", "max_tokens": 16, "temperature": 0})",
+      R"({"prompt": ["Once upon a time"], "max_tokens": 32, "stream": true, "kv_policy": {"name": "knorm", "budget": 64}})",
+      R"({"prompt": [1, 2, 3, 4, 5, 100, 1000, 49151], "n_predict": 4, "kv_policy": {"name": "window", "window": 8}})",
+      R"({"prompt": "x", "seed": -1, "top_k": 0, "top_p": 1.0, "kv_policy": {"name": "full"}})",
+  };
+  for (size_t i = 0; i < chats.size(); ++i) {
+    serve_seed("chat_" + std::to_string(i), 0, 0, false, chats[i]);
+    serve_seed("chat_gates_" + std::to_string(i), 0, 1, true, chats[i]);
+  }
+  for (size_t i = 0; i < completions.size(); ++i) {
+    serve_seed("completion_" + std::to_string(i), 1, 0, false, completions[i]);
+    serve_seed("completion_small_" + std::to_string(i), 1, 3, true, completions[i]);
+  }
+  serve_seed("tokenize", 2, 0, false, R"({"content": "Hello <|im_start|>world", "add_special": true, "parse_special": true})");
+  serve_seed("tokenize_plain", 2, 0, false, R"({"content": "caf\u00e9 \ud83d\ude00\n\tdone", "parse_special": false})");
+  serve_seed("detokenize", 3, 0, false, R"({"tokens": [1, 2, 3, 0, 49151, 28120]})");
+  serve_seed("text_stop", 4, 0, false, std::string("Hello world.\n\nUser: more") + '\0' + "\n\n" + '\0' + "User:");
+  serve_seed("text_utf8", 4, 0, false, std::string("caf\xc3\xa9 \xf0\x9f\x98\x80 end</s>tail") + '\0' + "</s>" + '\0' + "\xf0\x9f\x98\x81");
+  serve_seed("text_overlap", 4, 0, false, std::string("abcabcabd") + '\0' + "abcabd" + '\0' + "bd");
   fs::remove_all(tmp);
   return 0;
 }
