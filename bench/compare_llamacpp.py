@@ -90,20 +90,22 @@ def make_prompt(model: str, n_tokens: int) -> tuple[str, int, str]:
         return len(llm.tokenize(s.encode("utf-8"), add_bos=False, special=False))
 
     def cut_from(start: int):
-        """Cut text[start:] a few tokens past the target, then drop characters from the end until
-        it tokenizes to exactly n_tokens (merges across a cut can make a count unreachable)."""
-        toks = llm.tokenize(text[start:].encode("utf-8"), add_bos=False, special=False)
-        if len(toks) < n_tokens + 8:
+        """The shortest prefix of text[start:] that tokenizes to at least n_tokens, if it has
+        exactly n_tokens (merges across a cut can make a count unreachable). Found by bisection
+        on characters: the detokenized first n tokens do not re-tokenize to n tokens (the
+        tokenizer splits a prefix of a long text differently), so the cut is searched on text."""
+        hi = min(len(text) - start, max(64, n_tokens * 16))
+        if count(text[start:start + hi]) < n_tokens:
             return None
-        s = llm.detokenize(toks[: n_tokens + 3]).decode("utf-8", errors="ignore")
-        while s:
-            n = count(s)
-            if n == n_tokens:
-                return s
-            if n < n_tokens:
-                return None
-            s = s[:-1]
-        return None
+        lo = 0  # count(prefix of lo chars) < n_tokens <= count(prefix of hi chars)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if count(text[start:start + mid]) < n_tokens:
+                lo = mid
+            else:
+                hi = mid
+        s = text[start:start + hi]
+        return s if count(s) == n_tokens else None
 
     # Start at the beginning, else at a later line, until an exact cut exists.
     starts = [0] + [i + 1 for i, ch in enumerate(text) if ch == "\n"][:200]
