@@ -22,6 +22,7 @@
 #include "serve/request.h"
 #include "serve/text.h"
 #include "tokenizer/chat.h"
+#include "tokenizer/pre_tokenizer.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kvgate::fuzz {
@@ -210,35 +211,13 @@ void dataset_input(const uint8_t* data, size_t size) {
 
 namespace {
 
-// Whole valid UTF-8 (no overlong forms, surrogates or code points past U+10FFFF), scanned forward:
-// an independent reference for what the text streaming may cut.
+// Whole valid UTF-8 (no overlong forms, surrogates or code points past U+10FFFF), scanned forward
+// with the tokenizer's validator: a reference independent of serve/text.h, which the streaming
+// uses to decide where it may cut.
 bool valid_utf8(std::string_view s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    size_t len = 0;
-    uint32_t cp = 0;
-    if (c < 0x80) {
-      len = 1, cp = c;
-    } else if (c >= 0xC2 && c <= 0xDF) {
-      len = 2, cp = c & 0x1F;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-      len = 3, cp = c & 0x0F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      len = 4, cp = c & 0x07;
-    } else {
-      return false;
-    }
-    if (i + len > s.size()) return false;
-    for (size_t k = 1; k < len; ++k) {
-      const auto d = static_cast<unsigned char>(s[i + k]);
-      if ((d & 0xC0) != 0x80) return false;
-      cp = (cp << 6) | (d & 0x3F);
-    }
-    if ((len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) || (len == 4 && (cp < 0x10000 || cp > 0x10FFFF))) {
-      return false;
-    }
-    i += len;
+  for (size_t i = 0, len; i < s.size(); i += len) {
+    len = pre::utf8_sequence_length(s.substr(i));
+    if (len == 0) return false;
   }
   return true;
 }
