@@ -32,10 +32,15 @@ bench_weight make(tensor_type type, int64_t n_in, int64_t n_out) {
 
 // args: n_in, n_out, n_rows
 void run(benchmark::State& state, tensor_type type,
-         kvgate::linear_rows rows = kvgate::linear_rows::automatic) {
+         kvgate::linear_rows rows = kvgate::linear_rows::automatic, bool pack = false) {
   const int64_t n_in = state.range(0), n_out = state.range(1), n_rows = state.range(2);
   kvgate::set_compute_threads(1);
   bench_weight b = make(type, n_in, n_out);
+  std::vector<uint8_t> packed;
+  if (pack) {
+    packed = kvgate::linear_pack(b.w);
+    b.w.packed = packed.data();
+  }
   std::vector<float> x(n_rows * n_in, 0.5f), y(n_rows * n_out);
   kvgate::linear_scratch scratch;
   for (auto _ : state) {
@@ -53,11 +58,21 @@ void BM_linear_q4_1_int(benchmark::State& state) {
   run(state, tensor_type::q4_1, kvgate::linear_rows::independent);
 }
 
+// The same with the weight interleaved by 8 rows, as the model loads it.
+void BM_linear_q4_1_packed(benchmark::State& state) {
+  run(state, tensor_type::q4_1, kvgate::linear_rows::independent, true);
+}
+void BM_linear_q8_0_packed(benchmark::State& state) {
+  run(state, tensor_type::q8_0, kvgate::linear_rows::independent, true);
+}
+
 // ffn_up of SmolLM2 (576 -> 1536) and the tied output head (576 -> 49152)
 BENCHMARK(BM_linear_q4_1)->Args({576, 1536, 1})->Args({576, 1536, 64})->Args({1536, 576, 1});
 // Where the sgemm path (dequantize the weight, f32 product) starts to beat integer dot products.
 BENCHMARK(BM_linear_q4_1)->ArgsProduct({{1536}, {576}, {8, 16, 32, 64, 128}});
 BENCHMARK(BM_linear_q4_1_int)->ArgsProduct({{1536}, {576}, {1, 4, 8, 16, 32, 64, 128}});
+BENCHMARK(BM_linear_q4_1_packed)->ArgsProduct({{1536}, {576}, {1, 4, 8, 16, 32, 64, 128}});
 BENCHMARK(BM_linear_q8_0)->Args({576, 49152, 1})->Args({576, 4096, 64});
+BENCHMARK(BM_linear_q8_0_packed)->ArgsProduct({{576}, {4096}, {1, 8}});
 
 }  // namespace

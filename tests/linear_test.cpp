@@ -15,7 +15,14 @@ using gguf::tensor_type;
 
 struct weight_buffer {
   std::vector<uint8_t> bytes;
+  std::vector<uint8_t> packed_bytes;
   linear w;
+
+  // The model's layout for the integer kernels (rows interleaved by 8).
+  void pack() {
+    packed_bytes = linear_pack(w);
+    w.packed = packed_bytes.data();
+  }
 };
 
 // Random weights of a type; K-quant blocks are random bytes with their f16 scales made small, so
@@ -65,8 +72,11 @@ TEST_P(linear_kernels, forward_matches_scalar_reference_on_all_paths) {
   double worst = 0.0;
   for (int64_t n_in : {32, 64, 96, 256, 512, 576, 1536}) {
     if (n_in % block != 0) continue;
-    for (int64_t n_out : {1, 7, 33}) {
+    for (int64_t n_out : {1, 7, 33, 40}) {
+     for (bool packed : {false, true}) {
       weight_buffer wb = make_weight(type, n_in, n_out, rng);
+      if (packed && !linear_packable(wb.w)) continue;
+      if (packed) wb.pack();
       for (int64_t n_rows : {int64_t{1}, int64_t{3}, k_sgemm_min_rows, int64_t{17}}) {
         std::vector<float> x(n_rows * n_in), y(n_rows * n_out);
         for (float& v : x) v = normal(rng);
@@ -87,10 +97,12 @@ TEST_P(linear_kernels, forward_matches_scalar_reference_on_all_paths) {
             const double err = std::abs(y[r * n_out + o] - ref);
             worst = std::max(worst, err / std::max(mag, 1e-30));
             ASSERT_LE(err, rel_tol * mag + 1e-6) << gguf::traits(type).name << " n_in " << n_in << " n_out "
-                                                  << n_out << " n_rows " << n_rows << " o " << o << " r " << r;
+                                                  << n_out << " n_rows " << n_rows << " o " << o << " r " << r
+                                                  << " packed " << packed;
           }
         }
       }
+     }
     }
   }
   std::printf("%s: worst |y - ref| / sum|w x| = %.3g\n", std::string(gguf::traits(type).name).c_str(), worst);
@@ -124,6 +136,42 @@ TEST(linear, forward_multi_equals_one_forward_per_weight) {
       for (size_t i = 0; i < wb.size(); ++i) {
         EXPECT_EQ(0, std::memcmp(y[i].data(), y_ref[i].data(), y[i].size() * sizeof(float)))
             << "weight " << i << " n_rows " << n_rows;
+      }
+    }
+  }
+}
+
+TEST(linear, packed_weights_read_back_and_rows_do_not_depend_on_their_neighbours) {
+  // The interleaved layout: every row dequantizes to the original's bits; the packed kernel on
+  // n rows at once gives each row the bits it gets alone (independent rows), and agrees with
+  // the row-at-a-time integer kernel on the unpacked weight to float rounding (both sum the same
+  // integer block products; only the order of the float accumulation differs).
+  std::mt19937_64 rng(11);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  linear_scratch scratch;
+  for (tensor_type type : {tensor_type::q4_0, tensor_type::q4_1, tensor_type::q8_0}) {
+    const int64_t n_in = 576, n_out = 48;
+    weight_buffer plain = make_weight(type, n_in, n_out, rng);
+    weight_buffer packed = plain;
+    packed.w.data = packed.bytes.data();
+    packed.pack();
+    ASSERT_NE(0, std::memcmp(packed.packed_bytes.data(), plain.bytes.data(), plain.bytes.size()));
+    std::vector<float> a(n_in), b(n_in);
+    for (int64_t o = 0; o < n_out; ++o) {
+      gguf::dequantize(type, plain.w.row(o), a.data(), n_in);
+      linear_dequantize_row(packed.w, o, b.data());
+      ASSERT_EQ(0, std::memcmp(a.data(), b.data(), n_in * sizeof(float))) << gguf::traits(type).name << " row " << o;
+    }
+    const int64_t n_rows = 9;
+    std::vector<float> x(n_rows * n_in), y(n_rows * n_out), y_one(n_out), y_plain(n_rows * n_out);
+    for (float& v : x) v = normal(rng);
+    linear_forward(packed.w, x.data(), y.data(), n_rows, scratch, linear_rows::independent);
+    linear_forward(plain.w, x.data(), y_plain.data(), n_rows, scratch, linear_rows::independent);
+    for (int64_t r = 0; r < n_rows; ++r) {
+      linear_forward(packed.w, x.data() + r * n_in, y_one.data(), 1, scratch);
+      ASSERT_EQ(0, std::memcmp(y_one.data(), y.data() + r * n_out, n_out * sizeof(float))) << "row " << r;
+      for (int64_t o = 0; o < n_out; ++o) {
+        ASSERT_NEAR(y[r * n_out + o], y_plain[r * n_out + o], 1e-4 * (1 + std::abs(y_plain[r * n_out + o])));
       }
     }
   }

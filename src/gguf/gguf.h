@@ -138,6 +138,9 @@ class file {
   const std::vector<tensor_info>& tensors() const { return tensors_; }
   const tensor_info* find_tensor(std::string_view name) const;  // nullptr when absent
   const tensor_info& tensor(std::string_view name) const;       // throws error when absent
+  // Tells the kernel the mapped bytes [p, p + n) will not be needed soon: the whole pages inside
+  // are dropped from memory (a later read maps them from the file again, unchanged).
+  void drop_pages(const uint8_t* p, size_t n) const;
 
  private:
   file() = default;

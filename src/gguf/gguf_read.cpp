@@ -303,6 +303,15 @@ std::unique_ptr<file> file::open(const std::string& path) {
   return f;
 }
 
+void file::drop_pages(const uint8_t* p, size_t n) const {
+  if (p < map_ || n > size_ || p - map_ > static_cast<ptrdiff_t>(size_ - n)) fail("{}: drop_pages outside the file", path_);
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + page - 1) / page * page;
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + n) / page * page;
+  // Advice only: a failure leaves the pages in memory, which is harmless.
+  if (end > begin) (void)madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
 file::~file() {
   if (map_) munmap(const_cast<uint8_t*>(map_), size_);
 }

@@ -92,7 +92,7 @@ void begin(const model& m, std::span<const int32_t> tokens, const int32_t* pos, 
   a.x.resize(static_cast<size_t>(n) * c.n_embd);
   const linear& e = m.token_embd();
   for (int t = 0; t < n; ++t) {
-    gguf::dequantize(e.type, e.row(tokens[t]), a.x.data() + static_cast<size_t>(t) * c.n_embd, c.n_embd);
+    linear_dequantize_row(e, tokens[t], a.x.data() + static_cast<size_t>(t) * c.n_embd);
   }
   rope_tables(pos, n, c.n_rot, c.rope_base, a.rope_cos, a.rope_sin);
 }

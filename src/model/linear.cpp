@@ -243,7 +243,246 @@ void row_dot_q8(const linear& w, int64_t i, const q8_activations* x, int64_t n_x
   }
 }
 
+// ---- Weights interleaved by 8 rows ----------------------------------------------------------
+// For 8 consecutive rows (a group) and one block index i, a packed block holds the 8 rows' f16
+// scales (d[8], then m[8] for Q4_1) and their quant bytes interleaved 4 at a time:
+// qs[c * 32 + l * 4 + k] = row l's qs[c * 4 + k]. Group g's blocks are contiguous:
+// packed + (g * n_blocks + i) * sizeof(packed block). The packed copy has the original's size.
+inline constexpr int k_group_rows = 8;
+
+struct packed_q4_0 { uint16_t d[8]; uint8_t qs[128]; };
+struct packed_q4_1 { uint16_t d[8]; uint16_t m[8]; uint8_t qs[128]; };
+struct packed_q8_0 { uint16_t d[8]; int8_t qs[256]; };
+static_assert(sizeof(packed_q4_0) == 8 * sizeof(block_q4_0) && sizeof(packed_q4_1) == 8 * sizeof(block_q4_1) &&
+              sizeof(packed_q8_0) == 8 * sizeof(block_q8_0));
+
+template <typename block, typename packed>
+void pack_group(const linear& w, int64_t g, packed* out) {
+  const int64_t nb = w.n_in / 32;
+  constexpr int n_chunks = sizeof(block::qs) / 4;
+  for (int l = 0; l < k_group_rows; ++l) {
+    const block* row = reinterpret_cast<const block*>(w.row(g * k_group_rows + l));
+    for (int64_t i = 0; i < nb; ++i) {
+      out[i].d[l] = row[i].d;
+      if constexpr (requires { row[i].m; }) out[i].m[l] = row[i].m;
+      for (int c = 0; c < n_chunks; ++c) std::memcpy(out[i].qs + c * 32 + l * 4, row[i].qs + c * 4, 4);
+    }
+  }
+}
+
+// The inverse for one row: its blocks in the original layout.
+template <typename block, typename packed>
+void unpack_row(const linear& w, int64_t o, block* out) {
+  const int64_t nb = w.n_in / 32;
+  constexpr int n_chunks = sizeof(block::qs) / 4;
+  const int l = static_cast<int>(o % k_group_rows);
+  const packed* p = reinterpret_cast<const packed*>(w.packed) + (o / k_group_rows) * nb;
+  for (int64_t i = 0; i < nb; ++i) {
+    out[i].d = p[i].d[l];
+    if constexpr (requires { out[i].m; }) out[i].m = p[i].m[l];
+    for (int c = 0; c < n_chunks; ++c) std::memcpy(out[i].qs + c * 4, p[i].qs + c * 32 + l * 4, 4);
+  }
+}
+
+#ifdef KVGATE_AVX2
+inline __m256 load_f16x8(const uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+// 4 activation bytes in every 32-bit lane.
+inline __m256i broadcast4(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm256_set1_epi32(v);
+}
+// Asks for the cache lines of the block 1 KiB ahead: a group's blocks are read in order, and on
+// the machines measured the hardware prefetcher alone left the kernel waiting on memory (one
+// decode step 12.7 -> 8.7 ms with this, `kvgate_bench --benchmark_filter=batched/1/`).
+template <typename packed>
+inline void prefetch_ahead(const packed& p) {
+  const char* a = reinterpret_cast<const char*>(&p) + 1024;
+  for (size_t off = 0; off < sizeof(packed) + 63; off += 64) _mm_prefetch(a + off, _MM_HINT_T0);
+}
+inline __m256 q4_offsets(const packed_q4_1& p, __m256) { return load_f16x8(p.m); }
+inline __m256 q4_offsets(const packed_q4_0&, __m256 d) { return _mm256_mul_ps(d, _mm256_set1_ps(-8.0f)); }
+#endif
+inline float q4_offset_lane(const packed_q4_1& p, int l) { return fp16(p.m[l]); }
+inline float q4_offset_lane(const packed_q4_0& p, int l) { return -8.0f * fp16(p.d[l]); }
+
+// 8 rows (one group) against R activation vectors: out[r * stride + l] = row l . x[r]. Lane l of
+// an accumulator is row l; per block, acc += (d_w * d_x) * sum(q_w q_x) + m_w * sum_x, in block
+// order, the same for any R, so results do not depend on R.
+template <typename packed, int R>
+void dot_packed_q4(const packed* b, const q8_activations* x, int64_t nb, float* out, int64_t stride) {
+#ifdef KVGATE_AVX2
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  const __m256i mask = _mm256_set1_epi8(0x0F);
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t i = 0; i < nb; ++i) {
+    const packed& p = b[i];
+    prefetch_ahead(p);
+    __m256i lo[4], hi[4];  // lo[c]: elements 4c..4c+3 of each row; hi[c]: elements 16+4c..16+4c+3
+    for (int c = 0; c < 4; ++c) {
+      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.qs + c * 32));
+      lo[c] = _mm256_and_si256(w, mask);
+      hi[c] = _mm256_and_si256(_mm256_srli_epi16(w, 4), mask);
+    }
+    const __m256 d = load_f16x8(p.d);
+    const __m256 m = q4_offsets(p, d);
+    for (int r = 0; r < R; ++r) {
+      const int8_t* q = x[r].q.data() + i * 32;
+      // Each maddubs lane pair is <= 2 * 15 * 127; eight of them still fit an int16.
+      __m256i s = _mm256_maddubs_epi16(lo[0], broadcast4(q));
+      s = _mm256_add_epi16(s, _mm256_maddubs_epi16(lo[1], broadcast4(q + 4)));
+      s = _mm256_add_epi16(s, _mm256_maddubs_epi16(lo[2], broadcast4(q + 8)));
+      s = _mm256_add_epi16(s, _mm256_maddubs_epi16(lo[3], broadcast4(q + 12)));
+      s = _mm256_add_epi16(s, _mm256_maddubs_epi16(hi[0], broadcast4(q + 16)));
+      s = _mm256_add_epi16(s, _mm256_maddubs_epi16(hi[1], broadcast4(q + 20)));
+      s = _mm256_add_epi16(s, _mm256_maddubs_epi16(hi[2], broadcast4(q + 24)));
+      s = _mm256_add_epi16(s, _mm256_maddubs_epi16(hi[3], broadcast4(q + 28)));
+      const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(s, ones));
+      acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(x[r].d[i])), dot, acc[r]);
+      acc[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(x[r].sum[i]), acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) _mm256_storeu_ps(out + r * stride, acc[r]);
+#else
+  for (int r = 0; r < R; ++r) {
+    for (int l = 0; l < k_group_rows; ++l) {
+      float acc = 0.0f;
+      for (int64_t i = 0; i < nb; ++i) {
+        int s = 0;
+        for (int c = 0; c < 4; ++c) {
+          for (int k = 0; k < 4; ++k) {
+            const uint8_t v = b[i].qs[c * 32 + l * 4 + k];
+            s += (v & 0x0F) * x[r].q[i * 32 + c * 4 + k] + (v >> 4) * x[r].q[i * 32 + 16 + c * 4 + k];
+          }
+        }
+        acc = std::fma(fp16(b[i].d[l]) * x[r].d[i], static_cast<float>(s), acc);
+        acc = std::fma(q4_offset_lane(b[i], l), x[r].sum[i], acc);
+      }
+      out[r * stride + l] = acc;
+    }
+  }
+#endif
+}
+
+template <int R>
+void dot_packed_q8_0(const packed_q8_0* b, const q8_activations* x, int64_t nb, float* out, int64_t stride) {
+#ifdef KVGATE_AVX2
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t i = 0; i < nb; ++i) {
+    const packed_q8_0& p = b[i];
+    prefetch_ahead(p);
+    __m256i w_abs[8];
+    for (int c = 0; c < 8; ++c) {
+      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.qs + c * 32));
+      w_abs[c] = _mm256_sign_epi8(w, w);
+    }
+    const __m256 d = load_f16x8(p.d);
+    for (int r = 0; r < R; ++r) {
+      const int8_t* q = x[r].q.data() + i * 32;
+      __m256i s = _mm256_setzero_si256();
+      for (int c = 0; c < 8; ++c) {
+        // maddubs wants one unsigned operand: the weight's sign moves onto the activation. A
+        // lane pair reaches 2 * 127 * 127, so each chunk is widened to int32 before adding.
+        const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.qs + c * 32));
+        const __m256i prod = _mm256_maddubs_epi16(w_abs[c], _mm256_sign_epi8(broadcast4(q + c * 4), w));
+        s = _mm256_add_epi32(s, _mm256_madd_epi16(prod, ones));
+      }
+      acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(x[r].d[i])), _mm256_cvtepi32_ps(s), acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) _mm256_storeu_ps(out + r * stride, acc[r]);
+#else
+  for (int r = 0; r < R; ++r) {
+    for (int l = 0; l < k_group_rows; ++l) {
+      float acc = 0.0f;
+      for (int64_t i = 0; i < nb; ++i) {
+        int s = 0;
+        for (int c = 0; c < 8; ++c) {
+          for (int k = 0; k < 4; ++k) s += b[i].qs[c * 32 + l * 4 + k] * x[r].q[i * 32 + c * 4 + k];
+        }
+        acc = std::fma(fp16(b[i].d[l]) * x[r].d[i], static_cast<float>(s), acc);
+      }
+      out[r * stride + l] = acc;
+    }
+  }
+#endif
+}
+
+template <int R>
+void group_dot_n(const linear& w, int64_t g, const q8_activations* x, float* out, int64_t stride) {
+  const int64_t nb = w.n_in / 32;
+  switch (w.type) {
+    case tensor_type::q4_1:
+      return dot_packed_q4<packed_q4_1, R>(reinterpret_cast<const packed_q4_1*>(w.packed) + g * nb, x, nb, out, stride);
+    case tensor_type::q4_0:
+      return dot_packed_q4<packed_q4_0, R>(reinterpret_cast<const packed_q4_0*>(w.packed) + g * nb, x, nb, out, stride);
+    default:
+      return dot_packed_q8_0<R>(reinterpret_cast<const packed_q8_0*>(w.packed) + g * nb, x, nb, out, stride);
+  }
+}
+
+// out[r * stride + l] = row 8g + l of W . x[r] for r < n_x and l < 8 (W packed).
+void group_dot(const linear& w, int64_t g, const q8_activations* x, int64_t n_x, float* out, int64_t stride) {
+  int64_t r = 0;
+  for (; r + k_rows_at_once <= n_x; r += k_rows_at_once) {
+    group_dot_n<k_rows_at_once>(w, g, x + r, out + r * stride, stride);
+  }
+  switch (n_x - r) {
+    case 3: group_dot_n<3>(w, g, x + r, out + r * stride, stride); break;
+    case 2: group_dot_n<2>(w, g, x + r, out + r * stride, stride); break;
+    case 1: group_dot_n<1>(w, g, x + r, out + r * stride, stride); break;
+    default: break;
+  }
+}
+
+// Output units of the integer path: a group of 8 rows when W is packed, else one row.
+int64_t n_units(const linear& w) { return w.packed ? w.n_out / k_group_rows : w.n_out; }
+
+// Unit u of W against the n_x vectors x; y [n_x, W.n_out].
+void unit_dot(const linear& w, int64_t u, const q8_activations* x, int64_t n_x, float* y) {
+  if (w.packed) {
+    group_dot(w, u, x, n_x, y + u * k_group_rows, w.n_out);
+  } else {
+    row_dot_q8(w, u, x, n_x, y + u, w.n_out);
+  }
+}
+
 }  // namespace
+
+bool linear_packable(const linear& w) {
+  return has_integer_kernel(w.type) && w.n_out % k_group_rows == 0 && w.n_in % 32 == 0 && w.n_out > 0;
+}
+
+std::vector<uint8_t> linear_pack(const linear& w) {
+  if (!linear_packable(w)) fail("linear_pack: a {} weight of {} rows cannot be packed", gguf::traits(w.type).name, w.n_out);
+  std::vector<uint8_t> out(w.row_bytes * static_cast<size_t>(w.n_out));
+  const int64_t n_groups = w.n_out / k_group_rows, nb = w.n_in / 32;
+  for (int64_t g = 0; g < n_groups; ++g) {
+    switch (w.type) {
+      case tensor_type::q4_1: pack_group<block_q4_1>(w, g, reinterpret_cast<packed_q4_1*>(out.data()) + g * nb); break;
+      case tensor_type::q4_0: pack_group<block_q4_0>(w, g, reinterpret_cast<packed_q4_0*>(out.data()) + g * nb); break;
+      default: pack_group<block_q8_0>(w, g, reinterpret_cast<packed_q8_0*>(out.data()) + g * nb); break;
+    }
+  }
+  return out;
+}
+
+void linear_dequantize_row(const linear& w, int64_t o, float* out) {
+  if (!w.packed) return gguf::dequantize(w.type, w.row(o), out, w.n_in);
+  thread_local std::vector<uint8_t> row;
+  row.resize(w.row_bytes);
+  switch (w.type) {
+    case tensor_type::q4_1: unpack_row<block_q4_1, packed_q4_1>(w, o, reinterpret_cast<block_q4_1*>(row.data())); break;
+    case tensor_type::q4_0: unpack_row<block_q4_0, packed_q4_0>(w, o, reinterpret_cast<block_q4_0*>(row.data())); break;
+    default: unpack_row<block_q8_0, packed_q8_0>(w, o, reinterpret_cast<block_q8_0*>(row.data())); break;
+  }
+  gguf::dequantize(w.type, row.data(), out, w.n_in);
+}
 
 linear linear::from_tensor(const gguf::tensor_info& t) {
   if (t.ne.size() != 2) fail("tensor {} must be 2-d to be used as a matrix", t.name);
@@ -257,6 +496,12 @@ linear linear::from_tensor(const gguf::tensor_info& t) {
 }
 
 float linear_row_dot(const linear& w, int64_t i, const float* x) {
+  if (w.packed) {
+    thread_local std::vector<float> buf;
+    buf.resize(w.n_in);
+    linear_dequantize_row(w, i, buf.data());
+    return dot_f32(buf.data(), x, w.n_in);
+  }
   const uint8_t* row = w.row(i);
   switch (w.type) {
     case tensor_type::f32: return dot_f32(reinterpret_cast<const float*>(row), x, w.n_in);
@@ -267,7 +512,7 @@ float linear_row_dot(const linear& w, int64_t i, const float* x) {
 
 double linear_row_dot_reference(const linear& w, int64_t i, const float* x) {
   std::vector<float> row(w.n_in);
-  gguf::dequantize(w.type, w.row(i), row.data(), w.n_in);
+  linear_dequantize_row(w, i, row.data());
   double acc = 0.0;
   for (int64_t j = 0; j < w.n_in; ++j) acc += static_cast<double>(row[j]) * x[j];
   return acc;
@@ -286,8 +531,9 @@ void linear_forward(const linear& w, const float* x, float* y, int64_t n_rows, l
     std::vector<q8_activations>* xq = &xq_storage;
     xq->resize(n_rows);
     for (int64_t r = 0; r < n_rows; ++r) quantize_activations(x + r * w.n_in, w.n_in, (*xq)[r]);
+    const int64_t n_u = n_units(w);
 #pragma omp parallel for schedule(static) num_threads(g_threads)
-    for (int64_t o = 0; o < n_out; ++o) row_dot_q8(w, o, xq->data(), n_rows, y + o, n_out);
+    for (int64_t u = 0; u < n_u; ++u) unit_dot(w, u, xq->data(), n_rows, y);
     return;
   }
   if (per_row) {
@@ -313,7 +559,7 @@ void linear_forward(const linear& w, const float* x, float* y, int64_t n_rows, l
     if (o1 > o0) {
       const float* wf;
       if (wf_all) {
-        for (int64_t o = o0; o < o1; ++o) gguf::dequantize(w.type, w.row(o), wf_all + o * w.n_in, w.n_in);
+        for (int64_t o = o0; o < o1; ++o) linear_dequantize_row(w, o, wf_all + o * w.n_in);
         wf = wf_all + o0 * w.n_in;
       } else {
         wf = reinterpret_cast<const float*>(w.data) + o0 * w.n_in;
@@ -340,15 +586,14 @@ void linear_forward_multi(std::span<const linear* const> w, const float* x, std:
   std::vector<q8_activations>* xq = &xq_storage;
   xq->resize(n_rows);
   for (int64_t r = 0; r < n_rows; ++r) quantize_activations(x + r * n_in, n_in, (*xq)[r]);
-  int64_t first[5] = {0};  // first output row of each weight in the joint range
-  for (size_t i = 0; i < w.size(); ++i) first[i + 1] = first[i] + w[i]->n_out;
+  int64_t first[5] = {0};  // first output unit of each weight in the joint range
+  for (size_t i = 0; i < w.size(); ++i) first[i + 1] = first[i] + n_units(*w[i]);
   const int64_t n_total = first[w.size()];
 #pragma omp parallel for schedule(static) num_threads(g_threads)
-  for (int64_t o = 0; o < n_total; ++o) {
+  for (int64_t u = 0; u < n_total; ++u) {
     size_t i = 0;
-    while (o >= first[i + 1]) ++i;
-    const int64_t oi = o - first[i], n_out = w[i]->n_out;
-    row_dot_q8(*w[i], oi, xq->data(), n_rows, y[i] + oi, n_out);
+    while (u >= first[i + 1]) ++i;
+    unit_dot(*w[i], u - first[i], xq->data(), n_rows, y[i]);
   }
 }
 

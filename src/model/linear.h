@@ -5,6 +5,11 @@
 // dot products with Q4_0 / Q4_1 / Q8_0 rows (other types: dequantize a row, dot in f32); many
 // rows (prefill) dequantize the weight into a scratch f32 buffer and call BLAS sgemm. Every path
 // is checked against a scalar reference in tests/linear_test.cpp.
+//
+// The integer path reads weights repacked at load time (linear_pack): 8 rows interleaved 4 bytes
+// at a time, so one 256-bit register holds 4 quants of each of 8 rows, a broadcast of 4
+// activation bytes multiplies them in one instruction, and the 8 lanes of an accumulator are 8
+// output rows (no horizontal sums; the float work of a block is shared by 8 rows).
 #pragma once
 
 #include <cstddef>
@@ -23,10 +28,20 @@ struct linear {
   int64_t n_in = 0;
   int64_t n_out = 0;
   size_t row_bytes = 0;
+  // The same weights interleaved by 8 rows (linear_pack), or null. When set, every reader in
+  // this module uses it and `data` is not read (its pages may have been released).
+  const uint8_t* packed = nullptr;
 
   static linear from_tensor(const gguf::tensor_info& t);
   const uint8_t* row(int64_t i) const { return data + static_cast<size_t>(i) * row_bytes; }
 };
+
+// Whether linear_pack applies: Q4_0 / Q4_1 / Q8_0 weights with a multiple of 8 rows.
+bool linear_packable(const linear& w);
+// The interleaved copy of w's rows (same size as the original). Set w.packed to its data.
+std::vector<uint8_t> linear_pack(const linear& w);
+// Row o of W as floats, from the packed copy when there is one.
+void linear_dequantize_row(const linear& w, int64_t o, float* out);
 
 // Reusable memory for linear_forward (the f32 copy of a weight on the sgemm path).
 struct linear_scratch {

@@ -28,6 +28,27 @@ linear load_matrix(const gguf::file& file, const std::string& name, int64_t n_in
 
 }  // namespace
 
+// The integer decode kernels read an interleaved copy of each packable weight; the file's pages
+// of those tensors are then released (they are read again only if something else asks for them),
+// so the packed copy replaces the mapped weights in memory instead of adding to them.
+void model::pack_weights() {
+  auto pack = [&](linear& w) {
+    if (!linear_packable(w)) return;
+    packed_.push_back(linear_pack(w));
+    w.packed = packed_.back().data();
+    file_->drop_pages(w.data, w.row_bytes * static_cast<size_t>(w.n_out));
+  };
+  pack(token_embd_);
+  if (config_.tied_embeddings) {
+    output_ = token_embd_;
+  } else {
+    pack(output_);
+  }
+  for (layer_weights& l : layers_) {
+    for (linear* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) pack(*w);
+  }
+}
+
 std::unique_ptr<model> model::load(const std::string& path) {
   std::unique_ptr<model> m(new model());
   m->file_ = gguf::file::open(path);
@@ -68,6 +89,7 @@ std::unique_ptr<model> model::load(const std::string& path) {
     l.w_up = load_matrix(f, p + "ffn_up.weight", c.n_embd, c.n_ff);
     l.w_down = load_matrix(f, p + "ffn_down.weight", c.n_ff, c.n_embd);
   }
+  m->pack_weights();
   return m;
 }
 

@@ -43,6 +43,7 @@ class model {
 
  private:
   model() = default;
+  void pack_weights();
   std::unique_ptr<gguf::file> file_;
   std::unique_ptr<tokenizer> tokenizer_;
   model_config config_;
@@ -50,6 +51,7 @@ class model {
   linear output_;                    // [n_vocab, n_embd], token_embd when tied
   std::vector<float> output_norm_;   // [n_embd]
   std::vector<layer_weights> layers_;
+  std::vector<std::vector<uint8_t>> packed_;  // the weights the integer kernels read (linear::packed)
 };
 
 enum class logits_mode { none, last, all };
