@@ -130,6 +130,11 @@ inline __m256i scaled_dot(__m256i q, __m256i qx, __m256i scale16) {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(q, qx), scale16);
 }
 
+// Every int16 lane set to lane j of v (v holds the same 8 int16 in both 128-bit halves).
+inline __m256i broadcast_i16(__m256i v, int j) {
+  return _mm256_shuffle_epi8(v, _mm256_set1_epi16(static_cast<int16_t>(((2 * j + 1) << 8) | (2 * j))));
+}
+
 // The (scale, min) term of Q4_K / Q5_K for one vector: 4 int32 lanes of m_s * S_s (S_s = sum of qx
 // over sub-block s of 32, from the per-16 sums).
 inline __m128i k4_min_terms(__m128i mins16, const int16_t* bsums) {
@@ -153,6 +158,8 @@ void avx2_q45_k(const uint8_t* row, const q8k_activations* x, float* out, int64_
     const float d = fp16_at(blk), dmin = fp16_at(blk + 2);
     const gguf::k4_scale_min s = gguf::unpack_k4_scale_min(blk + 4);
     const __m128i mins16 = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(s.m)));
+    const __m256i scales16 =
+        _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(s.sc))));
     const uint8_t* qs = blk + (five_bit ? 48 : 16);
     __m256i qh;
     if constexpr (five_bit) qh = load256(blk + 16);
@@ -167,7 +174,7 @@ void avx2_q45_k(const uint8_t* row, const q8k_activations* x, float* out, int64_
         q_lo = _mm256_or_si256(q_lo, _mm256_and_si256(_mm256_slli_epi16(_mm256_srli_epi16(qh, 2 * k), 4), bit4));
         q_hi = _mm256_or_si256(q_hi, _mm256_and_si256(_mm256_slli_epi16(_mm256_srli_epi16(qh, 2 * k + 1), 4), bit4));
       }
-      const __m256i sc_lo = _mm256_set1_epi16(s.sc[2 * k]), sc_hi = _mm256_set1_epi16(s.sc[2 * k + 1]);
+      const __m256i sc_lo = broadcast_i16(scales16, 2 * k), sc_hi = broadcast_i16(scales16, 2 * k + 1);
       for (int r = 0; r < R; ++r) {
         const int8_t* qx = x[r].q.data() + ib * k_kquant_block + 64 * k;
         const __m256i p = _mm256_add_epi32(scaled_dot(q_lo, load256(qx), sc_lo), scaled_dot(q_hi, load256(qx + 32), sc_hi));
@@ -197,6 +204,8 @@ void avx2_q6_k(const uint8_t* row, const q8k_activations* x, float* out, int64_t
     __m256i sumi[R];
     for (int r = 0; r < R; ++r) sumi[r] = _mm256_setzero_si256();
     for (int n = 0; n < 2; ++n) {
+      const __m256i scales16 =
+          _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sc + 8 * n))));
       const __m256i ql_a = load256(blk + 64 * n), ql_b = load256(blk + 64 * n + 32);
       const __m256i qh = load256(blk + 128 + 32 * n);
       // element 128 n + 32 k + l: nibble of ql_a (k = 0 low, 2 high) or ql_b (1 low, 3 high),
@@ -212,8 +221,9 @@ void avx2_q6_k(const uint8_t* row, const q8k_activations* x, float* out, int64_t
       };
       for (int k = 0; k < 4; ++k) {
         // int16 lanes 0-7 cover elements 0-15 (scale 8n + 2k), lanes 8-15 elements 16-31 (+1)
-        const __m256i scale16 =
-            _mm256_set_m128i(_mm_set1_epi16(sc[8 * n + 2 * k + 1]), _mm_set1_epi16(sc[8 * n + 2 * k]));
+        const __m256i scale16 = _mm256_shuffle_epi8(
+            scales16, _mm256_set_m128i(_mm_set1_epi16(static_cast<int16_t>(((4 * k + 3) << 8) | (4 * k + 2))),
+                                       _mm_set1_epi16(static_cast<int16_t>(((4 * k + 1) << 8) | (4 * k)))));
         for (int r = 0; r < R; ++r) {
           const int8_t* qx = x[r].q.data() + ib * k_kquant_block + 128 * n + 32 * k;
           sumi[r] = _mm256_add_epi32(sumi[r], scaled_dot(q[k], load256(qx), scale16));
