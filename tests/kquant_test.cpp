@@ -15,6 +15,7 @@
 #include <random>
 
 #include "model/kquant_dot.h"
+#include "test_util.h"
 
 namespace kvgate {
 namespace {
@@ -287,6 +288,42 @@ TEST_P(kquant_kernels, tolerance_detects_a_wrong_scale) {
 INSTANTIATE_TEST_SUITE_P(types, kquant_kernels,
                          ::testing::Values(tensor_type::q4_k, tensor_type::q5_k, tensor_type::q6_k),
                          [](const auto& info) { return std::string(gguf::traits(info.param).name); });
+
+TEST(kquant, k_tensors_of_the_tiny_models_match_both_references) {
+  // Real encoder output (tools/make_tiny_models.py: Q4_K, Q5_K, Q6_K ffn_down with n_in 256), not
+  // random bytes: realistic scales and mins.
+  std::mt19937_64 rng(9);
+  int n_tensors = 0;
+  for (const char* model : {"tiny/llama.gguf", "tiny/qwen2.gguf", "tiny/qwen3.gguf"}) {
+    const auto f = gguf::file::open(test::data_path(model));
+    for (const gguf::tensor_info& t : f->tensors()) {
+      if (!has_kquant_kernel(t.type)) continue;
+      ++n_tensors;
+      const int64_t n_in = t.ne[0];
+      const size_t row_size = gguf::row_bytes(t.type, n_in);
+      const std::vector<float> x = random_activations(n_in, rng);
+      q8k_activations xq;
+      quantize_q8k(x.data(), n_in, xq);
+      std::vector<float> w(n_in);
+      for (int64_t i = 0; i < t.n_rows(); ++i) {
+        const uint8_t* row = t.data + i * row_size;
+        const float fast = kquant_dot(t.type, row, xq);
+        const exact_dot ref = integer_reference(t.type, row, xq);
+        ASSERT_NEAR(fast, ref.value, rounding_bound(ref, n_in)) << t.name << " row " << i;
+        gguf::dequantize(t.type, row, w.data(), n_in);
+        double exact = 0, quant_err = 0, abs_wx = 0;
+        for (int64_t j = 0; j < n_in; ++j) {
+          exact += static_cast<double>(w[j]) * x[j];
+          quant_err += std::fabs(w[j]) * 0.5 * xq.d[j / qk];
+          abs_wx += std::fabs(static_cast<double>(w[j]) * x[j]);
+        }
+        ASSERT_NEAR(fast, exact, quant_err * (1 + 1e-5) + 4 * u32 * abs_wx + rounding_bound(ref, n_in))
+            << t.name << " row " << i;
+      }
+    }
+  }
+  EXPECT_GE(n_tensors, 3);  // each K type appears in some tiny model
+}
 
 TEST(kquant, unpack_k4_scale_min_matches_bytewise_definition) {
   std::mt19937_64 rng(1);
