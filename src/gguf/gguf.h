@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <span>
 #include <string>
@@ -53,6 +54,27 @@ void dequantize(tensor_type type, const void* src, float* dst, int64_t n);
 // Quantizes n f32 elements into dst (row_bytes(type, n) bytes). Supported: f32, f16, bf16, q8_0,
 // q4_0, q4_1 (round-to-nearest, as ggml's reference quantizers); throws for the K types.
 void quantize(tensor_type type, const float* src, void* dst, int64_t n);
+
+// The 12 scale bytes of a Q4_K / Q5_K block hold eight 6-bit scales and eight 6-bit mins, one
+// pair per 32 elements: for j < 4 the low 6 bits of bytes j (scale) and j + 4 (min); for j >= 4
+// a nibble of byte j + 4 (low: scale, high: min) plus the top 2 bits of bytes j - 4 (scale) and
+// j (min), as ggml's get_scale_min_k4. Unpacked with 32-bit word operations, all 16 at once.
+struct k4_scale_min {
+  uint8_t sc[8];  // scale of sub-block j (elements 32 j .. 32 j + 31)
+  uint8_t m[8];   // min of sub-block j
+};
+inline k4_scale_min unpack_k4_scale_min(const uint8_t* scales) {
+  uint32_t a, b, c;
+  std::memcpy(&a, scales, 4);
+  std::memcpy(&b, scales + 4, 4);
+  std::memcpy(&c, scales + 8, 4);
+  const uint32_t sc[2] = {a & 0x3f3f3f3fu, (c & 0x0f0f0f0fu) | (((a >> 6) & 0x03030303u) << 4)};
+  const uint32_t m[2] = {b & 0x3f3f3f3fu, ((c >> 4) & 0x0f0f0f0fu) | (((b >> 6) & 0x03030303u) << 4)};
+  k4_scale_min out;
+  std::memcpy(out.sc, sc, 8);
+  std::memcpy(out.m, m, 8);
+  return out;
+}
 
 // IEEE half and bfloat16 conversions (round to nearest even).
 float f16_to_f32(uint16_t h);

@@ -124,19 +124,6 @@ void dequantize_q4_1(const uint8_t* src, float* y, int64_t nb) {
   }
 }
 
-// The 12 scale bytes of Q4_K / Q5_K hold eight 6-bit scales and eight 6-bit mins: for j < 4 the
-// low 6 bits of bytes j and j + 4; for j >= 4 a nibble of byte j + 4 plus the top 2 bits of
-// bytes j - 4 (scale) and j (min). As ggml's get_scale_min_k4.
-inline void scale_min_k4(int j, const uint8_t* q, uint8_t* sc, uint8_t* m) {
-  if (j < 4) {
-    *sc = q[j] & 63;
-    *m = q[j + 4] & 63;
-  } else {
-    *sc = static_cast<uint8_t>((q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4));
-    *m = static_cast<uint8_t>((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
-  }
-}
-
 // block: f16 d, f16 dmin; u8 scales[12]; u8 qs[128]. Each 64 elements: 32 low nibbles of
 // qs[32 * k ..] with (scale, min) 2k, then the 32 high nibbles with 2k + 1.
 void dequantize_q4_k(const uint8_t* src, float* y, int64_t nb) {
@@ -145,12 +132,10 @@ void dequantize_q4_k(const uint8_t* src, float* y, int64_t nb) {
     const float dmin = half_to_float(load_u16(src + 2));
     const uint8_t* scales = src + 4;
     const uint8_t* q = src + 16;
+    const k4_scale_min s = unpack_k4_scale_min(scales);
     for (int is = 0; is < 8; is += 2, q += 32, y += 64) {
-      uint8_t sc, m;
-      scale_min_k4(is, scales, &sc, &m);
-      const float d1 = d * sc, m1 = dmin * m;
-      scale_min_k4(is + 1, scales, &sc, &m);
-      const float d2 = d * sc, m2 = dmin * m;
+      const float d1 = d * s.sc[is], m1 = dmin * s.m[is];
+      const float d2 = d * s.sc[is + 1], m2 = dmin * s.m[is + 1];
       for (int l = 0; l < 32; ++l) y[l] = d1 * static_cast<float>(q[l] & 0x0f) - m1;
       for (int l = 0; l < 32; ++l) y[l + 32] = d2 * static_cast<float>(q[l] >> 4) - m2;
     }
@@ -166,12 +151,10 @@ void dequantize_q5_k(const uint8_t* src, float* y, int64_t nb) {
     const uint8_t* scales = src + 4;
     const uint8_t* qh = src + 16;
     const uint8_t* ql = src + 48;
+    const k4_scale_min s = unpack_k4_scale_min(scales);
     for (int is = 0; is < 8; is += 2, ql += 32, y += 64) {
-      uint8_t sc, m;
-      scale_min_k4(is, scales, &sc, &m);
-      const float d1 = d * sc, m1 = dmin * m;
-      scale_min_k4(is + 1, scales, &sc, &m);
-      const float d2 = d * sc, m2 = dmin * m;
+      const float d1 = d * s.sc[is], m1 = dmin * s.m[is];
+      const float d2 = d * s.sc[is + 1], m2 = dmin * s.m[is + 1];
       const int lo_bit = is, hi_bit = is + 1;
       for (int l = 0; l < 32; ++l) {
         const int q = (ql[l] & 0x0f) | (((qh[l] >> lo_bit) & 1) << 4);
