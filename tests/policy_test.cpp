@@ -659,6 +659,30 @@ TEST(policy, flag_combinations_are_checked_with_clear_errors) {
   EXPECT_EQ(c.layout, layout_kind::global);
 }
 
+// The table is the one list of policies: every kind has one row, names parse back to it, the
+// scorer comes from the row, and the lists built from it (names, baselines, help) agree.
+TEST(policy, table_has_one_row_per_policy_and_everything_reads_it) {
+  const model_config& c = tiny_model().config();
+  std::set<std::string> names;
+  for (const policy_row& row : policy_table()) {
+    EXPECT_TRUE(names.insert(row.name).second) << row.name;
+    EXPECT_EQ(parse_policy_kind(row.name), row.kind);
+    EXPECT_EQ(&policy_row_of(row.kind), &row);
+    EXPECT_STREQ(policy_name(row.kind), row.name);
+    EXPECT_NE(policy_help().find(std::string(row.name) + " "), std::string::npos) << row.name;
+    EXPECT_NE(policy_names().find(row.name), std::string::npos) << row.name;
+    policy_config cfg = make_config(row.kind, select_mode::budget);
+    const auto s = make_scorer(cfg, c, default_stub(c));
+    EXPECT_EQ(s == nullptr, row.selection == selection_rule::keep_all) << row.name;
+    // The baselines are the heuristics: neither full nor learned.
+    EXPECT_EQ(row.baseline, row.selection == selection_rule::recency || row.selection == selection_rule::scored);
+  }
+  EXPECT_EQ(static_cast<int>(names.size()), static_cast<int>(policy_kind::learned) + 1);
+  const std::vector<std::string> baselines = baseline_policy_names();
+  EXPECT_NE(std::find(baselines.begin(), baselines.end(), "snapkv"), baselines.end());
+  EXPECT_EQ(std::find(baselines.begin(), baselines.end(), "learned"), baselines.end());
+}
+
 TEST(policy, lifetime_gates_keep_the_mass_of_buckets_past_the_window) {
   const float logits[4] = {0.0f, 1.0f, 2.0f, 3.0f};  // buckets [0,4) [4,16) [16,64) [64,...)
   double total = 0;

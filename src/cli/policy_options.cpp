@@ -7,8 +7,7 @@
 namespace kvgate::cli {
 
 void add_policy_options(CLI::App& app, policy_flags& f, bool add_seed) {
-  app.add_option("--policy", f.policy,
-                 "KV-cache policy: full, window, streaming, h2o, tova, knorm, keydiff, snapkv, random, learned (default full)");
+  app.add_option("--policy", f.policy, "KV-cache policy (default full):\n" + policy_help());
   f.sinks_opt = app.add_option("--sinks", f.sinks, "first positions always kept (default 4; learned: the gate file's)");
   f.window_opt = app.add_option("--window", f.window, "last positions always kept (default 128; learned: the gate file's)");
   f.threshold_opt = app.add_option("--threshold", f.threshold,

@@ -53,7 +53,7 @@ struct bench_options {
   std::vector<float> thresholds_global = {0.5f, 0.8f, 0.9f, 0.95f, 0.99f}; // global
   // "snapkv" brings two curves: snapkv (the question inside its 64-query window, as it is when the
   // question ends the prompt) and snapkv-ctx (the question outside it).
-  std::vector<std::string> baselines = {"window", "streaming", "h2o", "tova", "knorm", "keydiff", "snapkv", "random"};
+  std::vector<std::string> baselines = baseline_policy_names();  // the table's baseline rows
   double matched_share = 0.25;  // the budget the summary and the needle pass compare at
   int needle_cases = 24;
   int needle_ctx = 0;           // tokens per needle prompt (0: ctx)

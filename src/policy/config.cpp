@@ -10,10 +10,6 @@ namespace kvgate {
 
 namespace {
 
-constexpr policy_kind k_kinds[] = {policy_kind::full,  policy_kind::window, policy_kind::streaming,
-                                   policy_kind::h2o,   policy_kind::tova,   policy_kind::knorm,
-                                   policy_kind::keydiff, policy_kind::snapkv, policy_kind::random,
-                                   policy_kind::learned};
 constexpr layout_kind k_layouts[] = {layout_kind::per_head, layout_kind::per_layer, layout_kind::global};
 constexpr budget_pool k_pools[] = {budget_pool::head, budget_pool::layer, budget_pool::model};
 
@@ -26,21 +22,7 @@ std::string list_names(const T (&values)[N], Name name) {
 
 }  // namespace
 
-const char* policy_name(policy_kind kind) {
-  switch (kind) {
-    case policy_kind::full: return "full";
-    case policy_kind::window: return "window";
-    case policy_kind::streaming: return "streaming";
-    case policy_kind::h2o: return "h2o";
-    case policy_kind::tova: return "tova";
-    case policy_kind::knorm: return "knorm";
-    case policy_kind::keydiff: return "keydiff";
-    case policy_kind::snapkv: return "snapkv";
-    case policy_kind::random: return "random";
-    case policy_kind::learned: return "learned";
-  }
-  return "?";
-}
+const char* policy_name(policy_kind kind) { return policy_row_of(kind).name; }
 
 const char* layout_name(layout_kind layout) {
   switch (layout) {
@@ -61,10 +43,10 @@ const char* budget_pool_name(budget_pool pool) {
 }
 
 policy_kind parse_policy_kind(std::string_view name) {
-  for (policy_kind k : k_kinds) {
-    if (name == policy_name(k)) return k;
+  for (const policy_row& row : policy_table()) {
+    if (name == row.name) return row.kind;
   }
-  fail("unknown policy '{}' (one of: {})", name, list_names(k_kinds, policy_name));
+  fail("unknown policy '{}' (one of: {})", name, policy_names());
 }
 
 layout_kind parse_layout(std::string_view name) {
@@ -107,8 +89,9 @@ policy_config resolve_policy(const policy_request& req, const gate_meta* gates) 
   c.layout = parse_layout(req.layout);
   c.pool = parse_budget_pool(req.pool);
   c.seed = req.seed;
-  const char* name = policy_name(c.kind);
-  const bool learned = c.kind == policy_kind::learned;
+  const policy_row& row = policy_row_of(c.kind);
+  const char* name = row.name;
+  const bool learned = row.selection == selection_rule::learned;
 
   if (req.has_gates && !learned) fail("--gates is read only by --policy learned (the policy is {})", name);
   if (learned && !gates) fail("--policy learned needs --gates FILE: a gate bank trained for this model");
@@ -123,33 +106,28 @@ policy_config resolve_policy(const policy_request& req, const gate_meta* gates) 
 
   c.sinks = req.sinks.value_or(learned ? gates->sinks : 4);
   c.window = req.window.value_or(learned ? gates->window : 128);
-  switch (c.kind) {
-    case policy_kind::full:
-      if (req.threshold || req.budget) fail("--policy full keeps every token; --threshold and --budget need another policy");
+  switch (row.selection) {
+    case selection_rule::keep_all:
+      if (req.threshold || req.budget) fail("--policy {} keeps every token; --threshold and --budget need another policy", name);
       c.mode = select_mode::keep_all;
       break;
-    case policy_kind::window:
-      if (req.sinks && *req.sinks != 0) fail("--policy window keeps no sinks; use --policy streaming for sinks + window");
-      c.sinks = 0;
-      [[fallthrough]];
-    case policy_kind::streaming:
+    case selection_rule::recency:
+      if (!row.keeps_sinks) {
+        if (req.sinks && *req.sinks != 0) fail("--policy {} keeps no sinks; use --policy streaming for sinks + window", name);
+        c.sinks = 0;
+      }
       if (req.threshold) {
         fail("--policy {} ranks by recency: it takes --budget B (B more recent slots per head), not --threshold", name);
       }
       c.mode = select_mode::budget;
       c.budget = req.budget.value_or(0);
       break;
-    case policy_kind::h2o:
-    case policy_kind::tova:
-    case policy_kind::knorm:
-    case policy_kind::keydiff:
-    case policy_kind::snapkv:
-    case policy_kind::random:
+    case selection_rule::scored:
       if (!req.threshold && !req.budget) {
         fail("--policy {} needs --budget B (long-term slots kept per head) or --threshold X", name);
       }
       [[fallthrough]];
-    case policy_kind::learned:
+    case selection_rule::learned:
       if (req.budget) {
         c.mode = select_mode::budget;
         c.budget = *req.budget;

@@ -45,6 +45,8 @@
 namespace kvgate {
 
 class session;
+class scorer;
+struct policy_config;
 
 enum class policy_kind { full, window, streaming, h2o, tova, knorm, keydiff, snapkv, random, learned };
 enum class select_mode { keep_all, threshold, budget };
@@ -58,6 +60,38 @@ const char* budget_pool_name(budget_pool pool);  // "head", "layer", "model"
 policy_kind parse_policy_kind(std::string_view name);
 layout_kind parse_layout(std::string_view name);
 budget_pool parse_budget_pool(std::string_view name);
+
+// ---- the table of policies ----------------------------------------------------------------
+// Every policy is one row: its name, how resolve_policy selects when no knob is given, the knobs
+// it reads, a line of help, and its scorer's factory. --policy and its help, the bench's default
+// baselines and the server's kv_policy names all read this table, so a new policy is its scorer,
+// its enum value and its row (in src/policy/scorers.cpp, beside the factories).
+enum class selection_rule {
+  keep_all,  // keeps every token: takes neither --budget nor --threshold
+  recency,   // ranks by recency: budget mode only, --budget defaults to 0 (nothing beyond the window)
+  scored,    // needs --budget B or --threshold X
+  learned,   // threshold mode at the gate file's threshold unless --budget; sinks and window
+             // default to the gate file's; needs --gates
+};
+
+struct policy_row {
+  policy_kind kind;
+  const char* name;
+  selection_rule selection;
+  bool keeps_sinks;   // false: keeps no sinks (--sinks must be 0)
+  bool baseline;      // a heuristic the bench runs by default
+  const char* knobs;  // what it reads beyond --sinks, --window, --layout (help text)
+  const char* help;   // one line
+  // Its scorer (null for a policy that keeps everything).
+  std::unique_ptr<scorer> (*make)(const policy_config& config, const model_config& model,
+                                  std::shared_ptr<const gate_bank> gates);
+};
+
+std::span<const policy_row> policy_table();
+const policy_row& policy_row_of(policy_kind kind);
+std::string policy_names();                     // "full, window, ..." in table order
+std::vector<std::string> baseline_policy_names();  // the rows marked baseline
+std::string policy_help();                      // one line per row (name, help, knobs), no final newline
 
 // SnapKV's observation window: the last k_snapkv_queries query positions, pooled over
 // k_snapkv_pool neighbouring slots (kvpress's SnapKVPress defaults).

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include <fmt/format.h>
+
 #include "common/error.h"
 #include "common/random.h"
 #include "model/forward.h"
@@ -360,30 +362,106 @@ float gate_probability(const float* logits, int n_out, int window) {
   return static_cast<float>(kept / total);
 }
 
+namespace {
+
+std::unique_ptr<scorer> make_learned(const policy_config& config, const model_config& model,
+                                     std::shared_ptr<const gate_bank> gates) {
+  if (!gates) fail("--policy learned needs --gates FILE: a gate bank trained for this model");
+  const gate_meta& m = gates->meta();
+  check_matches(m, model.name, model.arch, model.n_layer, model.n_kv_head, model.d_head);
+  if (m.key_kind != "pre-rope" && m.key_kind != "post-rope") {
+    fail("gate file key kind '{}' is neither pre-rope nor post-rope", m.key_kind);
+  }
+  if (config.gate_block < 1) fail("gate block {} must be at least 1", config.gate_block);
+  return std::make_unique<learned_scorer>(std::move(gates), model, config.gate_block, config.window);
+}
+
+using gates_ptr = std::shared_ptr<const gate_bank>;
+
+// The table (policy.h): one row per policy, in the order names are listed.
+const policy_row k_policy_table[] = {
+    {policy_kind::full, "full", selection_rule::keep_all, true, false, "-", "keeps every token (no eviction)",
+     nullptr},
+    {policy_kind::window, "window", selection_rule::recency, false, true, "--budget (default 0)",
+     "the most recent tokens only, no sinks",
+     [](const policy_config&, const model_config&, gates_ptr) -> std::unique_ptr<scorer> {
+       return std::make_unique<recency_scorer>();
+     }},
+    {policy_kind::streaming, "streaming", selection_rule::recency, true, true, "--budget (default 0)",
+     "StreamingLLM: sinks + the most recent tokens",
+     [](const policy_config&, const model_config&, gates_ptr) -> std::unique_ptr<scorer> {
+       return std::make_unique<recency_scorer>();
+     }},
+    {policy_kind::h2o, "h2o", selection_rule::scored, true, true, "--budget | --threshold",
+     "H2O: mean attention received since the token arrived",
+     [](const policy_config&, const model_config& m, gates_ptr) -> std::unique_ptr<scorer> {
+       return std::make_unique<h2o_scorer>(m.n_group());
+     }},
+    {policy_kind::tova, "tova", selection_rule::scored, true, true, "--budget | --threshold",
+     "TOVA: attention from the newest query",
+     [](const policy_config&, const model_config&, gates_ptr) -> std::unique_ptr<scorer> {
+       return std::make_unique<tova_scorer>();
+     }},
+    {policy_kind::knorm, "knorm", selection_rule::scored, true, true, "--budget | --threshold",
+     "keys of low norm kept",
+     [](const policy_config&, const model_config& m, gates_ptr) -> std::unique_ptr<scorer> {
+       return std::make_unique<knorm_scorer>(m.d_head);
+     }},
+    {policy_kind::keydiff, "keydiff", selection_rule::scored, true, true, "--budget | --threshold",
+     "KeyDiff: keys unlike the head's mean key kept",
+     [](const policy_config&, const model_config& m, gates_ptr) -> std::unique_ptr<scorer> {
+       return std::make_unique<keydiff_scorer>(m.d_head);
+     }},
+    {policy_kind::snapkv, "snapkv", selection_rule::scored, true, true, "--budget | --threshold",
+     "SnapKV: attention from the last 64 queries, pooled over 5 neighbours",
+     [](const policy_config& c, const model_config& m, gates_ptr) -> std::unique_ptr<scorer> {
+       return std::make_unique<snapkv_scorer>(m, c.observe_end);
+     }},
+    {policy_kind::random, "random", selection_rule::scored, true, true, "--budget | --threshold, --seed",
+     "a uniform random score (the floor)",
+     [](const policy_config& c, const model_config&, gates_ptr) -> std::unique_ptr<scorer> {
+       return std::make_unique<random_scorer>(c.seed);
+     }},
+    {policy_kind::learned, "learned", selection_rule::learned, true, false, "--gates, --threshold | --budget",
+     "the learned per-head gates (sinks, window, threshold default to the gate file's)", make_learned},
+};
+
+}  // namespace
+
+std::span<const policy_row> policy_table() { return k_policy_table; }
+
+const policy_row& policy_row_of(policy_kind kind) {
+  for (const policy_row& row : k_policy_table)
+    if (row.kind == kind) return row;
+  fail("policy {} has no row in the policy table", static_cast<int>(kind));
+}
+
+std::string policy_names() {
+  std::string s;
+  for (const policy_row& row : k_policy_table) s += (s.empty() ? "" : ", ") + std::string(row.name);
+  return s;
+}
+
+std::vector<std::string> baseline_policy_names() {
+  std::vector<std::string> names;
+  for (const policy_row& row : k_policy_table)
+    if (row.baseline) names.push_back(row.name);
+  return names;
+}
+
+std::string policy_help() {
+  std::string s;
+  for (const policy_row& row : k_policy_table) {
+    s += fmt::format("{}  {:<10} {}{}", s.empty() ? "" : "\n", row.name, row.help,
+                     std::string_view(row.knobs) == "-" ? "" : fmt::format(" [{}]", row.knobs));
+  }
+  return s;
+}
+
 std::unique_ptr<scorer> make_scorer(const policy_config& config, const model_config& model,
                                     std::shared_ptr<const gate_bank> gates) {
-  switch (config.kind) {
-    case policy_kind::full: return nullptr;
-    case policy_kind::window:
-    case policy_kind::streaming: return std::make_unique<recency_scorer>();
-    case policy_kind::h2o: return std::make_unique<h2o_scorer>(model.n_group());
-    case policy_kind::tova: return std::make_unique<tova_scorer>();
-    case policy_kind::knorm: return std::make_unique<knorm_scorer>(model.d_head);
-    case policy_kind::keydiff: return std::make_unique<keydiff_scorer>(model.d_head);
-    case policy_kind::snapkv: return std::make_unique<snapkv_scorer>(model, config.observe_end);
-    case policy_kind::random: return std::make_unique<random_scorer>(config.seed);
-    case policy_kind::learned: {
-      if (!gates) fail("--policy learned needs --gates FILE: a gate bank trained for this model");
-      const gate_meta& m = gates->meta();
-      check_matches(m, model.name, model.arch, model.n_layer, model.n_kv_head, model.d_head);
-      if (m.key_kind != "pre-rope" && m.key_kind != "post-rope") {
-        fail("gate file key kind '{}' is neither pre-rope nor post-rope", m.key_kind);
-      }
-      if (config.gate_block < 1) fail("gate block {} must be at least 1", config.gate_block);
-      return std::make_unique<learned_scorer>(std::move(gates), model, config.gate_block, config.window);
-    }
-  }
-  fail("unknown policy");
+  const policy_row& row = policy_row_of(config.kind);
+  return row.make ? row.make(config, model, std::move(gates)) : nullptr;
 }
 
 }  // namespace kvgate

@@ -98,7 +98,7 @@ request_policy parse_kv_policy(const json* kv, const request_limits& limits) {
   if (kv) {
     if (!kv->is_object()) bad_request("'kv_policy' must be an object such as {\"name\": \"h2o\", \"budget\": 256}");
     const json* name = find(*kv, "name");
-    if (!name) bad_request("'kv_policy.name' is missing (full, window, streaming, h2o, tova, knorm, keydiff, snapkv, random, learned)");
+    if (!name) bad_request(fmt::format("'kv_policy.name' is missing ({})", policy_names()));
     // A request's policy starts from the policy's own defaults, not from the server's knobs.
     req = policy_request{};
     req.policy = as_string(*name, "kv_policy.name");
