@@ -158,7 +158,8 @@ INSTANTIATE_TEST_SUITE_P(policy, pooled_budget,
                            return s;
                          });
 
-// With attention scores (H2O, SnapKV) the pool holds too, and the heads end up unequal.
+// With attention scores (H2O, SnapKV) and the learned gates (scored in blocks) the pool holds
+// too, and the heads end up unequal.
 class pooled_attention : public ::testing::TestWithParam<policy_kind> {};
 
 TEST_P(pooled_attention, total_never_exceeds_the_pool_and_heads_differ) {
@@ -167,7 +168,7 @@ TEST_P(pooled_attention, total_never_exceeds_the_pool_and_heads_differ) {
   const int n_heads = c.n_layer * c.n_kv_head;
   policy_config cfg = make_config(GetParam(), select_mode::budget);
   cfg.pool = budget_pool::model;
-  auto runner = make_policy(cfg, c);
+  auto runner = make_policy(cfg, c, default_stub(c));  // learned: pending candidates count too
   session s(m, {.n_ctx = k_ctx, .n_batch = 16});
   runner->attach(s);
   recorder rec(c);
@@ -199,7 +200,8 @@ TEST_P(pooled_attention, total_never_exceeds_the_pool_and_heads_differ) {
   EXPECT_GT(sizes.size(), 1u) << "every head kept the same number of slots";
 }
 
-INSTANTIATE_TEST_SUITE_P(policy, pooled_attention, ::testing::Values(policy_kind::h2o, policy_kind::snapkv),
+INSTANTIATE_TEST_SUITE_P(policy, pooled_attention,
+                         ::testing::Values(policy_kind::h2o, policy_kind::snapkv, policy_kind::learned),
                          [](const auto& info) { return std::string(policy_name(info.param)); });
 
 // A model pool over the global layout is one group: exactly today's budget (bit-identical logits).

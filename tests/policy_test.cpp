@@ -1,8 +1,9 @@
 // Policies through the one path (score -> select -> layout -> cache evicts), checked on the cache
 // contents and on the attention weights the engine reports, never on the runner's own counters:
 // sinks and window stay, evicted slots are never attended again, `full` changes no bit, layouts
-// hold what their votes say, H2O / TOVA scores match a brute-force sum over observed attention,
-// budgets hold, thresholds keep exactly what is above them, and the learned gates score in blocks.
+// hold what their votes say, H2O / TOVA / SnapKV scores match brute force over observed attention,
+// budgets hold, thresholds keep exactly what is above them, the learned gates score in blocks, and
+// the table of policies is the one list everything reads. Pooled budgets: policy_pool_test.cpp.
 #include <gtest/gtest.h>
 
 #include <cmath>
