@@ -503,6 +503,25 @@ TEST(policy, snapkv_refuses_to_score_when_its_observer_was_replaced) {
   }
 }
 
+// A session reused with another policy (a server slot) must not keep calling the observer of the
+// policy attached before: attach replaces it even when the new scorer has none.
+TEST(policy, attach_replaces_the_observer_of_a_previous_snapkv_runner) {
+  const model& m = tiny_model();
+  policy_config cfg = make_config(policy_kind::snapkv, select_mode::budget);
+  auto snap = make_policy(cfg, m.config());
+  session s(m, {.n_ctx = k_ctx, .n_batch = 16});
+  snap->attach(s);
+  s.prefill(random_tokens(40, 4));
+  auto h2o = make_policy(make_config(policy_kind::h2o, select_mode::budget), m.config());
+  h2o->attach(s);
+  s.prefill(random_tokens(20, 6));
+  EXPECT_GT(h2o->stats().n_evicted, 0);
+  // The snapkv scorer saw nothing of the second prefill: its rings no longer match the cache.
+  const int32_t t = s.n_past() - 1;
+  EXPECT_THROW(snap->get_scorer()->score(s.cache(), {.t_last = t, .ranges = long_term_ranges(s.cache(), cfg.sinks, cfg.window, t)}),
+               error);
+}
+
 class learned_keys : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(learned_keys, gates_score_blocks_of_candidates_and_threshold_keeps_exactly_those_above) {

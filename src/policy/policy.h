@@ -209,7 +209,9 @@ class policy_runner final : public step_hook {
  public:
   policy_runner(const policy_config& config, const model_config& model, std::unique_ptr<scorer> s);
 
-  // Installs the runner as the session's step hook and turns on what its scorer reads.
+  // Installs the runner as the session's step hook and turns on what its scorer reads; replaces
+  // the session's observer with the scorer's own (none for most policies): set another observer
+  // after attach, and pass the weights on to get_scorer()->attention_observer() (snapkv).
   void attach(session& s);
   // After every engine step (prefill chunk or decoded token): score, select, evict.
   void on_step(kv_cache& cache, std::span<const int32_t> step_positions) override;

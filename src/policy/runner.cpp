@@ -71,7 +71,9 @@ policy_runner::policy_runner(const policy_config& config, const model_config& mo
 
 void policy_runner::attach(session& s) {
   s.set_step_hook(this);
-  if (observer* o = scorer_ ? scorer_->attention_observer() : nullptr) s.set_observer(o);
+  // Always set, null included: a runner attached before this one (a server slot's previous
+  // request) may have installed its own observer and be gone now.
+  s.set_observer(scorer_ ? scorer_->attention_observer() : nullptr);
   s.set_track_attention(needs_.track_attention);
   s.cache().set_keep_pre_rope(needs_.pre_rope_keys);
 }
