@@ -45,8 +45,19 @@ TEST(bench, configurations_cover_every_policy_at_budgets_matching_the_shares) {
   o.ctx = 2048;
   o.shares = {0.25};
   std::vector<eval::bench_config> configs = eval::bench_configs(o, nullptr);
-  ASSERT_EQ(configs.size(), 1 + o.baselines.size());
+  ASSERT_EQ(configs.size(), 2 + o.baselines.size());  // snapkv brings snapkv-ctx
   EXPECT_EQ(configs[0].policy.kind, policy_kind::full);
+  int n_outside = 0;
+  for (const auto& c : configs) {
+    n_outside += c.question_outside;
+    EXPECT_EQ(c.question_outside, c.curve == "snapkv-ctx") << c.curve;
+    if (c.curve == "snapkv-ctx") {
+      EXPECT_EQ(c.policy.kind, policy_kind::snapkv);
+    }
+    // The question-outside variant stops observing at the question; the others never do.
+    EXPECT_EQ(eval::policy_for_prompt(c, 1500).observe_end, c.question_outside ? 1500 : -1) << c.curve;
+  }
+  EXPECT_EQ(n_outside, 1);
   for (size_t i = 1; i < configs.size(); ++i) {
     const policy_config& p = configs[i].policy;
     EXPECT_EQ(p.mode, select_mode::budget);

@@ -1,8 +1,9 @@
 // Policies through the one path (score -> select -> layout -> cache evicts), checked on the cache
 // contents and on the attention weights the engine reports, never on the runner's own counters:
 // sinks and window stay, evicted slots are never attended again, `full` changes no bit, layouts
-// hold what their votes say, H2O / TOVA scores match a brute-force sum over observed attention,
-// budgets hold, thresholds keep exactly what is above them, and the learned gates score in blocks.
+// hold what their votes say, H2O / TOVA / SnapKV scores match brute force over observed attention,
+// budgets hold, thresholds keep exactly what is above them, the learned gates score in blocks, and
+// the table of policies is the one list everything reads. Pooled budgets: policy_pool_test.cpp.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -53,7 +54,7 @@ TEST_P(every_policy, sinks_and_window_never_evicted_and_evicted_slots_never_atte
   s.cache().set_mask_mode(pc.mask_mode);
   runner->attach(s);
   recorder rec(c);
-  s.set_observer(&rec);
+  observe(s, rec, *runner);
   int n_steps = 0, n_missing = 0;
   checked_hook hook(*runner, [&](const kv_cache& cache, int32_t t) {
     ++n_steps;
@@ -91,15 +92,19 @@ std::vector<policy_case> all_cases() {
   std::vector<policy_case> v;
   for (layout_kind l : {layout_kind::per_head, layout_kind::global}) {
     for (policy_kind k : {policy_kind::window, policy_kind::streaming, policy_kind::h2o, policy_kind::tova,
-                          policy_kind::knorm, policy_kind::keydiff, policy_kind::random, policy_kind::learned}) {
+                          policy_kind::knorm, policy_kind::keydiff, policy_kind::snapkv, policy_kind::random,
+                          policy_kind::learned}) {
       v.push_back({k, select_mode::budget, l});
     }
+    v.push_back({policy_kind::snapkv, select_mode::threshold, l});
     v.push_back({policy_kind::random, select_mode::threshold, l});
     v.push_back({policy_kind::learned, select_mode::threshold, l});
     v.push_back({policy_kind::h2o, select_mode::threshold, l});
   }
   v.push_back({policy_kind::h2o, select_mode::budget, layout_kind::per_layer});
   v.push_back({policy_kind::h2o, select_mode::budget, layout_kind::per_head, true});
+  v.push_back({policy_kind::snapkv, select_mode::budget, layout_kind::per_layer});
+  v.push_back({policy_kind::snapkv, select_mode::budget, layout_kind::per_head, true});
   v.push_back({policy_kind::learned, select_mode::threshold, layout_kind::per_head, true});
   return v;
 }
@@ -419,6 +424,104 @@ TEST(policy, keydiff_scores_match_brute_force_from_observed_keys) {
   EXPECT_LT(max_err, 1e-5);
 }
 
+// SnapKV from the attention rows the engine showed, in double: the mean over the last 64 observed
+// query positions of each key's group-mean weight, pooled over its live neighbours (width 5, zero
+// padding, /5). Prefill in chunks of 16 and decode, so the 64 queries span several steps; with
+// observe_end the queries from it on are ignored.
+TEST(policy, snapkv_scores_match_brute_force_from_observed_attention) {
+  const model& m = tiny_model();
+  const model_config& c = m.config();
+  for (int32_t observe_end : {-1, 70, 30}) {
+    for (int budget : {1000, 6}) {  // nothing evicted, then heavy eviction (holes, compaction)
+      policy_config cfg = make_config(policy_kind::snapkv, select_mode::budget);
+      cfg.budget = budget;
+      cfg.observe_end = observe_end;
+      auto runner = make_policy(cfg, c);
+      session s(m, {.n_ctx = k_ctx, .n_batch = 16});
+      runner->attach(s);
+      recorder rec(c);
+      rec.record_rows = true;
+      observe(s, rec, *runner);
+      const auto tokens = random_tokens(90, 21);
+      run(s, tokens, 48);
+      const int32_t t = static_cast<int32_t>(tokens.size()) - 1;
+      runner->get_scorer()->score(s.cache(), {.t_last = t, .ranges = long_term_ranges(s.cache(), cfg.sinks, cfg.window, t)});
+      const int32_t q_end = observe_end < 0 ? t + 1 : observe_end;  // queries [q_end - 64, q_end)
+      const int32_t q_begin = std::max(0, q_end - k_snapkv_queries);
+      double max_err = 0.0;
+      int n_compared = 0;
+      for (int il = 0; il < c.n_layer; ++il) {
+        for (int ih = 0; ih < c.n_kv_head; ++ih) {
+          const int hd = il * c.n_kv_head + ih;
+          const std::vector<int32_t> live = live_positions(s.cache(), il, ih);
+          auto raw = [&](int32_t p) {
+            double sum = 0.0;
+            for (int32_t q = q_begin; q < q_end; ++q) sum += rec.rows[hd][size_t(q) * k_ctx + p];
+            return sum / (q_end - q_begin);
+          };
+          const kv_head& h = s.cache().head(il, ih);
+          for (size_t j = 0; j < h.n_slots(); ++j) {
+            const int32_t p = h.pos[j];
+            if (h.masked[j] || p < cfg.sinks || p > t - cfg.window) continue;
+            const size_t i = std::find(live.begin(), live.end(), p) - live.begin();
+            double pooled = 0.0;
+            for (int64_t k = int64_t(i) - 2; k <= int64_t(i) + 2; ++k)
+              if (k >= 0 && k < int64_t(live.size())) pooled += raw(live[k]);
+            pooled /= k_snapkv_pool;
+            max_err = std::max(max_err, std::abs(h.score[j] - pooled) / std::max(pooled, 1e-3));
+            ++n_compared;
+          }
+          if (budget < 100) EXPECT_EQ(live.size(), size_t(cfg.sinks + cfg.window + cfg.budget));
+        }
+      }
+      std::printf("snapkv observe_end %d budget %d: %d scores, max relative error %.3g\n", observe_end, budget,
+                  n_compared, max_err);
+      EXPECT_GT(n_compared, 0);
+      EXPECT_LT(max_err, 1e-4);
+      EXPECT_EQ(rec.n_came_back, 0);
+      if (budget < 100) {
+        EXPECT_GT(rec.n_evictions_seen, 0);
+      }
+    }
+  }
+}
+
+TEST(policy, snapkv_refuses_to_score_when_its_observer_was_replaced) {
+  const model& m = tiny_model();
+  policy_config cfg = make_config(policy_kind::snapkv, select_mode::budget);
+  auto runner = make_policy(cfg, m.config());
+  session s(m, {.n_ctx = k_ctx, .n_batch = 16});
+  runner->attach(s);
+  recorder rec(m.config());
+  s.prefill(random_tokens(40, 2));
+  s.set_observer(&rec);  // without passing it on
+  try {
+    s.prefill(random_tokens(20, 3));
+    FAIL() << "expected an error";
+  } catch (const error& e) {
+    EXPECT_NE(std::string(e.what()).find("observer"), std::string::npos) << e.what();
+  }
+}
+
+// A session reused with another policy (a server slot) must not keep calling the observer of the
+// policy attached before: attach replaces it even when the new scorer has none.
+TEST(policy, attach_replaces_the_observer_of_a_previous_snapkv_runner) {
+  const model& m = tiny_model();
+  policy_config cfg = make_config(policy_kind::snapkv, select_mode::budget);
+  auto snap = make_policy(cfg, m.config());
+  session s(m, {.n_ctx = k_ctx, .n_batch = 16});
+  snap->attach(s);
+  s.prefill(random_tokens(40, 4));
+  auto h2o = make_policy(make_config(policy_kind::h2o, select_mode::budget), m.config());
+  h2o->attach(s);
+  s.prefill(random_tokens(20, 6));
+  EXPECT_GT(h2o->stats().n_evicted, 0);
+  // The snapkv scorer saw nothing of the second prefill: its rings no longer match the cache.
+  const int32_t t = s.n_past() - 1;
+  EXPECT_THROW(snap->get_scorer()->score(s.cache(), {.t_last = t, .ranges = long_term_ranges(s.cache(), cfg.sinks, cfg.window, t)}),
+               error);
+}
+
 class learned_keys : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(learned_keys, gates_score_blocks_of_candidates_and_threshold_keeps_exactly_those_above) {
@@ -574,6 +677,30 @@ TEST(policy, flag_combinations_are_checked_with_clear_errors) {
   c = resolve_policy(r, nullptr);
   EXPECT_EQ(c.sinks, 4);
   EXPECT_EQ(c.layout, layout_kind::global);
+}
+
+// The table is the one list of policies: every kind has one row, names parse back to it, the
+// scorer comes from the row, and the lists built from it (names, baselines, help) agree.
+TEST(policy, table_has_one_row_per_policy_and_everything_reads_it) {
+  const model_config& c = tiny_model().config();
+  std::set<std::string> names;
+  for (const policy_row& row : policy_table()) {
+    EXPECT_TRUE(names.insert(row.name).second) << row.name;
+    EXPECT_EQ(parse_policy_kind(row.name), row.kind);
+    EXPECT_EQ(&policy_row_of(row.kind), &row);
+    EXPECT_STREQ(policy_name(row.kind), row.name);
+    EXPECT_NE(policy_help().find(std::string(row.name) + " "), std::string::npos) << row.name;
+    EXPECT_NE(policy_names().find(row.name), std::string::npos) << row.name;
+    policy_config cfg = make_config(row.kind, select_mode::budget);
+    const auto s = make_scorer(cfg, c, default_stub(c));
+    EXPECT_EQ(s == nullptr, row.selection == selection_rule::keep_all) << row.name;
+    // The baselines are the heuristics: neither full nor learned.
+    EXPECT_EQ(row.baseline, row.selection == selection_rule::recency || row.selection == selection_rule::scored);
+  }
+  EXPECT_EQ(static_cast<int>(names.size()), static_cast<int>(policy_kind::learned) + 1);
+  const std::vector<std::string> baselines = baseline_policy_names();
+  EXPECT_NE(std::find(baselines.begin(), baselines.end(), "snapkv"), baselines.end());
+  EXPECT_EQ(std::find(baselines.begin(), baselines.end(), "learned"), baselines.end());
 }
 
 TEST(policy, lifetime_gates_keep_the_mass_of_buckets_past_the_window) {

@@ -44,6 +44,10 @@ struct recorder : observer {
   std::vector<std::vector<double>> attn_last;   // [n_heads][k_ctx] latest step's last query, group mean
   std::vector<std::vector<float>> k_pre, k_post;  // [n_heads][k_ctx * d]
   std::vector<std::vector<uint8_t>> seen, gone;   // [n_heads][k_ctx]
+  // With record_rows: every query's attention, group mean: [n_heads][query pos * k_ctx + key pos].
+  bool record_rows = false;
+  std::vector<std::vector<double>> rows;
+  observer* next = nullptr;   // also shown every layer (a policy's own observer: snapkv)
   int n_came_back = 0;        // evicted positions present again
   int n_attended_gone = 0;    // weight on a masked slot, or a distribution not summing to 1
   int n_evictions_seen = 0;
@@ -59,6 +63,7 @@ struct recorder : observer {
   }
 
   void on_layer(const layer_observation& obs) override {
+    if (record_rows && rows.empty()) rows.assign(attn_sum.size(), std::vector<double>(size_t(k_ctx) * k_ctx, 0.0));
     for (int ih = 0; ih < n_kv; ++ih) {
       const int hd = obs.il * n_kv + ih;
       const kv_head& h = obs.cache->head(obs.il, ih);
@@ -91,13 +96,39 @@ struct recorder : observer {
             total += w[j];
             attn_sum[hd][h.pos[j]] += w[j];
             if (t == obs.n_tok - 1) attn_last[hd][h.pos[j]] += w[j] / n_group;
+            if (record_rows) rows[hd][size_t(obs.pos[t]) * k_ctx + h.pos[j]] += w[j] / n_group;
           }
           if (std::abs(total - 1.0) > 1e-4) ++n_attended_gone;
         }
       }
     }
+    if (next) next->on_layer(obs);
   }
 };
+
+// Records what the engine shows and passes it on to the runner's own observer, if any.
+inline void observe(session& s, recorder& rec, policy_runner& runner) {
+  rec.next = runner.get_scorer() ? runner.get_scorer()->attention_observer() : nullptr;
+  s.set_observer(&rec);
+}
+
+// Slot ranges of the long-term slots (sinks <= pos <= t - window) of every head, as the cache
+// stands: to re-score it through the scorer interface.
+inline std::vector<slot_range> long_term_ranges(const kv_cache& cache, int sinks, int window, int32_t t) {
+  std::vector<slot_range> ranges;
+  for (int il = 0; il < cache.n_layer(); ++il) {
+    for (int ih = 0; ih < cache.n_kv_head(); ++ih) {
+      const kv_head& h = cache.head(il, ih);
+      uint32_t b = 0, e = 0;
+      for (size_t j = 0; j < h.n_slots(); ++j) {
+        if (h.pos[j] < sinks) b = e = static_cast<uint32_t>(j + 1);
+        else if (h.pos[j] <= t - window) e = static_cast<uint32_t>(j + 1);
+      }
+      ranges.push_back({b, e});
+    }
+  }
+  return ranges;
+}
 
 // Runs the policy, then a check on the cache after every step.
 struct checked_hook : step_hook {

@@ -78,6 +78,13 @@ TEST_F(suite_fixture, every_answer_sits_in_the_haystack_exactly_once_and_the_pro
       EXPECT_GT(static_cast<int>(c.prompt.size()) + c.max_new_tokens, ctx - 64);  // the haystack fills the context
       EXPECT_EQ(c.prompt, m->vocab().encode(c.prompt_text, true));
       EXPECT_NE(c.prompt_text.find(c.haystack), std::string::npos);
+      // The question starts where the haystack ends (within the token that may join them), and
+      // more than 64 tokens before the prompt's end only if the question is that long.
+      const std::string before = m->vocab().decode(std::span(c.prompt).first(c.question_start));
+      const size_t haystack_end = c.prompt_text.find(c.haystack) + c.haystack.size();
+      EXPECT_EQ(c.prompt_text.substr(0, before.size()), before);
+      EXPECT_GE(before.size() + 2, haystack_end);
+      EXPECT_LE(before.size(), haystack_end + 1);
       for (const std::string& n : c.needles) EXPECT_EQ(count(c.haystack, n + "\n"), 1u) << n;
       if (c.task == "variable_tracking") {
         ASSERT_GE(c.answers.size(), 3u);

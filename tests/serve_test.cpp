@@ -201,6 +201,8 @@ TEST_F(serve_test, bad_requests_are_400_with_the_error_shape) {
       R"({"messages": [{"role": "user", "content": "hi"}], "kv_policy": {"name": "h2o", "budget": "8"}})",
       R"({"messages": [{"role": "user", "content": "hi"}], "kv_policy": {"name": "tova", "budget": 8, "threshold": 0.5}})",
       R"({"messages": [{"role": "user", "content": "hi"}], "kv_policy": {"name": "learned"}})",  // no --gates
+      R"({"messages": [{"role": "user", "content": "hi"}], "kv_policy": {"name": "h2o", "budget": 8, "budget_pool": "galaxy"}})",
+      R"({"messages": [{"role": "user", "content": "hi"}], "kv_policy": {"name": "h2o", "threshold": 0.1, "budget_pool": "model"}})",
       R"({"messages": [{"role": "user", "content": "hi"}], "kv_policy": "h2o"})",
   };
   for (const char* body : bad) {
@@ -255,7 +257,9 @@ TEST_F(serve_test, greedy_chat_equals_generate_chat_for_the_same_policy) {
   };
   const one cases[] = {{json(), ""},
                        {{{"name", "h2o"}, {"budget", 8}, {"window", 8}}, "--policy h2o --budget 8 --window 8"},
-                       {{{"name", "streaming"}, {"window", 16}, {"sinks", 2}}, "--policy streaming --window 16 --sinks 2"}};
+                       {{{"name", "streaming"}, {"window", 16}, {"sinks", 2}}, "--policy streaming --window 16 --sinks 2"},
+                       {{{"name", "snapkv"}, {"budget", 8}, {"window", 8}, {"budget_pool", "model"}},
+                        "--policy snapkv --budget 8 --window 8 --budget-pool model"}};
   for (const one& c : cases) {
     json body = {{"messages", {{{"role", "user"}, {"content", k_question}}}}, {"max_tokens", 40}, {"temperature", 0}};
     if (!c.kv_policy.is_null()) body["kv_policy"] = c.kv_policy;
@@ -265,6 +269,7 @@ TEST_F(serve_test, greedy_chat_equals_generate_chat_for_the_same_policy) {
     EXPECT_EQ(r.body["choices"][0]["message"]["content"], want) << c.flags;
     if (!c.kv_policy.is_null()) {
       EXPECT_EQ(r.body["kv_policy"]["name"], c.kv_policy["name"]);
+      if (c.kv_policy.contains("budget_pool")) EXPECT_EQ(r.body["kv_policy"]["budget_pool"], c.kv_policy["budget_pool"]);
       EXPECT_LT(r.body["kv"]["share_kept"].get<double>(), 1.0);  // the policy really evicted
     } else {
       EXPECT_EQ(r.body["kv"]["share_kept"], 1.0);

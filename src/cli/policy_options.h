@@ -21,6 +21,7 @@ struct policy_flags {
   int sinks = 4, window = 128, budget = 0;
   float threshold = 0.5f;
   std::string layout = "per-head";
+  std::string budget_pool = "head";
   std::string gates;
   uint64_t seed = 0;
   // Set by add_policy_options: which knobs were given (the others take the policy's defaults).
@@ -30,7 +31,7 @@ struct policy_flags {
   CLI::Option* threshold_opt = nullptr;
 };
 
-// Adds --policy, --sinks, --window, --threshold, --budget, --layout, --gates and, when add_seed
+// Adds --policy, --sinks, --window, --threshold, --budget, --budget-pool, --layout, --gates and, when add_seed
 // (a subcommand without a --seed of its own), --seed. flags must outlive the parse.
 void add_policy_options(CLI::App& app, policy_flags& flags, bool add_seed);
 
@@ -38,8 +39,8 @@ void add_policy_options(CLI::App& app, policy_flags& flags, bool add_seed);
 // and builds the runner; attach it to a session with policy_runner::attach.
 std::unique_ptr<policy_runner> make_policy_runner(const policy_flags& flags, const model& m);
 
-// Adds "policy" and, for an evicting policy, "layout", "sinks", "window", "budget" | "threshold"
-// to a summary line.
+// Adds "policy" and, for an evicting policy, "layout", "sinks", "window", "budget" (and
+// "budget_pool" when pooled) | "threshold" to a summary line.
 void add_policy_json(nlohmann::ordered_json& out, const policy_config& config);
 
 // add_policy_json plus what the runner measured: "kv_share_mean", "kv_share_peak" (kept slots

@@ -57,10 +57,13 @@ std::vector<bench_config> bench_configs(const bench_options& o, const gate_meta*
   };
   for (const std::string& name : o.baselines) {
     const int sinks = name == "window" ? 0 : o.sinks;
-    for (double share : o.shares) {
-      policy_request req = request(name, sinks, "per-head");
-      req.budget = budget_for_share(share, o.ctx, sinks, o.window);
-      add(name, req, *req.budget, "budget");
+    for (int outside = 0; outside < (name == "snapkv" ? 2 : 1); ++outside) {
+      for (double share : o.shares) {
+        policy_request req = request(name, sinks, "per-head");
+        req.budget = budget_for_share(share, o.ctx, sinks, o.window);
+        add(outside ? name + "-ctx" : name, req, *req.budget, "budget");
+        configs.back().question_outside = outside;
+      }
     }
   }
   if (gates) {
@@ -81,6 +84,20 @@ std::vector<bench_config> bench_configs(const bench_options& o, const gate_meta*
     }
   }
   return configs;
+}
+
+int question_prompt_start(const tokenizer& vocab, const std::string& prompt_text, size_t question_offset,
+                          const std::vector<int32_t>& prompt) {
+  const std::vector<int32_t> before = vocab.encode(prompt_text.substr(0, question_offset), true);
+  size_t common = 0;
+  while (common < before.size() && common < prompt.size() && before[common] == prompt[common]) ++common;
+  return static_cast<int>(common);
+}
+
+policy_config policy_for_prompt(const bench_config& config, int question_start) {
+  policy_config p = config.policy;
+  if (config.question_outside) p.observe_end = question_start;
+  return p;
 }
 
 std::pair<double, double> wilson_interval(int k, int n) {
@@ -202,9 +219,9 @@ std::vector<needle_case> needle_cases(const std::vector<std::string>& corpus, co
         filler.insert(off, fmt::format("The secret number for the {} key is {}.\n", keys[k].label, keys[k].number));
         if (k == asked) asked_depth = static_cast<double>(off) / filler.size();
       }
-      const std::vector<chat_message> messages = {
-          {"user", filler + fmt::format("\nWhat is the secret number for the {} key? Answer with the number only.",
-                                        keys[asked].label)}};
+      const std::string question =
+          fmt::format("\nWhat is the secret number for the {} key? Answer with the number only.", keys[asked].label);
+      const std::vector<chat_message> messages = {{"user", filler + question}};
       const std::string prompt_text =
           vocab.apply_chat(messages, true) + fmt::format("The secret number for the {} key is", keys[asked].label);
       const std::string answer = " " + keys[asked].number;
@@ -223,6 +240,7 @@ std::vector<needle_case> needle_cases(const std::vector<std::string>& corpus, co
       c.depth = asked_depth;
       c.source = source;
       c.prompt.assign(full.begin(), full.begin() + common);
+      c.question_start = question_prompt_start(vocab, prompt_text, prompt_text.rfind(question), c.prompt);
       c.answer_tokens.assign(full.begin() + common, full.end());
       cases.push_back(std::move(c));
       break;
@@ -383,7 +401,7 @@ needle_result run_needle(const model& m, std::shared_ptr<const gate_bank> gates,
   for (size_t i = 0; i < cases.size(); ++i) {
     const needle_case& c = cases[i];
     session s(m, {.n_ctx = static_cast<int>(c.prompt.size() + c.answer_tokens.size()), .n_batch = batch});
-    auto runner = make_policy(config.policy, m.config(), gates);
+    auto runner = make_policy(policy_for_prompt(config, c.question_start), m.config(), gates);
     runner->attach(s);
     const auto t0 = steady::now();
     std::vector<float> last;

@@ -22,6 +22,7 @@
 
 namespace kvgate {
 class model;
+class tokenizer;
 }
 
 namespace kvgate::eval {
@@ -32,6 +33,11 @@ struct bench_config {
   policy_config policy;
   double knob = 0.0;     // budget (slots per head) or threshold, as the curve sweeps it
   std::string knob_name; // "budget" | "threshold" | "-"
+  // snapkv with the question outside its window (curve "snapkv-ctx"): in the needle and
+  // retrieval passes the policy stops observing at the prompt's first question token
+  // (policy_config::observe_end), as kvpress compresses the context before the question comes.
+  // The quality pass has no question: there it equals "snapkv".
+  bool question_outside = false;
 };
 
 struct bench_options {
@@ -45,7 +51,9 @@ struct bench_options {
   std::vector<float> thresholds = {0.1f, 0.2f, 0.3f, 0.4f, 0.5f, 0.65f};  // per-head
   std::vector<float> thresholds_layer = {0.3f, 0.5f, 0.65f, 0.8f};        // per-layer
   std::vector<float> thresholds_global = {0.5f, 0.8f, 0.9f, 0.95f, 0.99f}; // global
-  std::vector<std::string> baselines = {"window", "streaming", "h2o", "tova", "knorm", "keydiff", "random"};
+  // "snapkv" brings two curves: snapkv (the question inside its 64-query window, as it is when the
+  // question ends the prompt) and snapkv-ctx (the question outside it).
+  std::vector<std::string> baselines = baseline_policy_names();  // the table's baseline rows
   double matched_share = 0.25;  // the budget the summary and the needle pass compare at
   int needle_cases = 24;
   int needle_ctx = 0;           // tokens per needle prompt (0: ctx)
@@ -84,6 +92,7 @@ struct needle_case {
   double depth = 0.0;         // where the asked key sits in the filler (0 = start, 1 = end)
   std::string source;         // filler file
   std::vector<int32_t> prompt;  // chat template, up to the assistant's "...key is"
+  int question_start = 0;       // first prompt token of the question (question_prompt_start)
   std::vector<int32_t> answer_tokens;
 };
 
@@ -103,6 +112,15 @@ struct bench_row {
   bool has_needle = false;
   needle_result needle;
 };
+
+// The first token of prompt (the encoding of prompt_text) that belongs to the text from
+// question_offset on: the common prefix of prompt and the encoding of the text before it (a token
+// that straddles the boundary counts as the question's).
+int question_prompt_start(const tokenizer& vocab, const std::string& prompt_text, size_t question_offset,
+                          const std::vector<int32_t>& prompt);
+
+// The configuration's policy for one prompt: question_outside sets observe_end to its question.
+policy_config policy_for_prompt(const bench_config& config, int question_start);
 
 // Live (head, token) slots over those of a full cache of n_past positions.
 double kv_share_live(const kv_cache& cache, int n_past);

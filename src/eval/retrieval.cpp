@@ -255,6 +255,8 @@ std::vector<retrieval_case> retrieval_cases(const std::vector<std::string>& corp
           filler_tokens -= excess + 8;
           continue;
         }
+        c.question_start =
+            question_prompt_start(vocab, c.prompt_text, c.prompt_text.rfind("\n" + d.question), c.prompt);
         c.answers = d.answers;
         c.needles = d.needles;
         c.depths_asked = d.depths;
@@ -277,7 +279,7 @@ retrieval_result run_retrieval(const model& m, std::shared_ptr<const gate_bank> 
   for (size_t i = 0; i < cases.size(); ++i) {
     const retrieval_case& c = cases[i];
     session s(m, {.n_ctx = static_cast<int>(c.prompt.size()) + c.max_new_tokens, .n_batch = batch});
-    auto runner = make_policy(config.policy, m.config(), gates);
+    auto runner = make_policy(policy_for_prompt(config, c.question_start), m.config(), gates);
     runner->attach(s);
     std::vector<float> logits;
     {

@@ -39,6 +39,7 @@ struct retrieval_case {
   std::string source;                    // haystack file
   std::string prompt_text;               // chat template up to the answer prefix
   std::vector<int32_t> prompt;           // its tokens
+  int question_start = 0;                // first prompt token of the question (after the haystack)
   int max_new_tokens = 0;                // greedy tokens generated at most
 };
 

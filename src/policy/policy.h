@@ -17,6 +17,12 @@
 //   budget     each head keeps at most B long-term slots (pending ones included): every step the
 //              scored long-term slots are ranked and the lowest go (ties: the older goes first).
 //              Dynamic scores (accumulated or last-query attention) are recomputed every step.
+//              A pooled budget (budget_pool layer | model) spends B x (heads in the pool) slots
+//              over the heads of a layer or of the whole model: the pool keeps its highest-scored
+//              long-term slots whichever head holds them, so heads whose slots score high get
+//              more room and the total never exceeds the pool. Scores are compared across heads,
+//              so they must be comparable: attention weights are; the learned gates must be
+//              Platt-calibrated per head (check_pooled_gates).
 // Layouts: the heads of a group (one head; the heads of a layer; every head of every layer) hold
 // the same positions and decide together on the group score of a slot, the max of its heads'
 // scores. In threshold mode that is exactly the union of the heads' votes (the seed's Global
@@ -39,16 +45,58 @@
 namespace kvgate {
 
 class session;
+class scorer;
+struct policy_config;
 
-enum class policy_kind { full, window, streaming, h2o, tova, knorm, keydiff, random, learned };
+enum class policy_kind { full, window, streaming, h2o, tova, knorm, keydiff, snapkv, random, learned };
 enum class select_mode { keep_all, threshold, budget };
 enum class layout_kind { per_head, per_layer, global };
+enum class budget_pool { head, layer, model };  // what one budget covers (budget mode)
 
 const char* policy_name(policy_kind kind);  // "h2o", ...
 const char* layout_name(layout_kind layout);  // "per-head", "per-layer", "global"
+const char* budget_pool_name(budget_pool pool);  // "head", "layer", "model"
 // Throw error listing the accepted names.
 policy_kind parse_policy_kind(std::string_view name);
 layout_kind parse_layout(std::string_view name);
+budget_pool parse_budget_pool(std::string_view name);
+
+// ---- the table of policies ----------------------------------------------------------------
+// Every policy is one row: its name, how resolve_policy selects when no knob is given, the knobs
+// it reads, a line of help, and its scorer's factory. --policy and its help, the bench's default
+// baselines and the server's kv_policy names all read this table, so a new policy is its scorer,
+// its enum value and its row (in src/policy/scorers.cpp, beside the factories).
+enum class selection_rule {
+  keep_all,  // keeps every token: takes neither --budget nor --threshold
+  recency,   // ranks by recency: budget mode only, --budget defaults to 0 (nothing beyond the window)
+  scored,    // needs --budget B or --threshold X
+  learned,   // threshold mode at the gate file's threshold unless --budget; sinks and window
+             // default to the gate file's; needs --gates
+};
+
+struct policy_row {
+  policy_kind kind;
+  const char* name;
+  selection_rule selection;
+  bool keeps_sinks;   // false: keeps no sinks (--sinks must be 0)
+  bool baseline;      // a heuristic the bench runs by default
+  const char* knobs;  // what it reads beyond --sinks, --window, --layout (help text)
+  const char* help;   // one line
+  // Its scorer (null for a policy that keeps everything).
+  std::unique_ptr<scorer> (*make)(const policy_config& config, const model_config& model,
+                                  std::shared_ptr<const gate_bank> gates);
+};
+
+std::span<const policy_row> policy_table();
+const policy_row& policy_row_of(policy_kind kind);
+std::string policy_names();                     // "full, window, ..." in table order
+std::vector<std::string> baseline_policy_names();  // the rows marked baseline
+std::string policy_help();                      // one line per row (name, help, knobs), no final newline
+
+// SnapKV's observation window: the last k_snapkv_queries query positions, pooled over
+// k_snapkv_pool neighbouring slots (kvpress's SnapKVPress defaults).
+inline constexpr int k_snapkv_queries = 64;
+inline constexpr int k_snapkv_pool = 5;
 
 struct policy_config {
   policy_kind kind = policy_kind::full;
@@ -56,10 +104,16 @@ struct policy_config {
   int window = 128;
   select_mode mode = select_mode::keep_all;
   float threshold = 0.0f;  // threshold mode
-  int budget = 0;          // budget mode: long-term slots per head
+  int budget = 0;          // budget mode: long-term slots per head (the mean over a pool's heads)
+  budget_pool pool = budget_pool::head;  // budget mode: one budget per head, per layer, or for all
   layout_kind layout = layout_kind::per_head;
   uint64_t seed = 0;       // the random policy's seed
   int gate_block = 16;     // learned: candidates gathered before one batched gate call
+  // snapkv: query positions >= observe_end are not observed, so the scores stay those of the 64
+  // queries before it (-1: every position is observed). The bench sets it to a prompt's first
+  // question token to run SnapKV with the question outside its window, as kvpress compresses the
+  // context before the question arrives.
+  int32_t observe_end = -1;
 };
 
 // What the user asked for (command-line flags); unset knobs take the policy's defaults.
@@ -68,6 +122,7 @@ struct policy_request {
   std::optional<int> sinks, window, budget;
   std::optional<float> threshold;
   std::string layout = "per-head";
+  std::string pool = "head";  // --budget-pool
   bool has_gates = false;
   uint64_t seed = 0;
 };
@@ -75,9 +130,16 @@ struct policy_request {
 // Checks the combination and fills the defaults: sinks 4 and window 128, except for `learned`,
 // whose sinks, window and threshold default to the gate file's (gates = its meta, null when no
 // --gates was given); `window` keeps no sinks; `window` and `streaming` rank by recency and take
-// only --budget (default 0: nothing beyond the window); h2o, tova, knorm and random need --budget
-// or --threshold. Throws error saying what is wrong and what to give instead.
+// only --budget (default 0: nothing beyond the window); h2o, tova, knorm, keydiff, snapkv and
+// random need --budget or --threshold. A pooled budget needs --budget and a layout whose groups
+// fit inside the pool (a layer pool cannot hold global groups), and for `learned` calibrated gates.
+// Throws error saying what is wrong and what to give instead.
 policy_config resolve_policy(const policy_request& request, const gate_meta* gates);
+
+// Throws error unless every head of the gate file has Platt calibration data (the trainer's
+// metrics "heads"[h]."calibration" = [scale, bias], binary objective): a pooled budget compares
+// gate probabilities across heads. `source` names the file in the message.
+void check_pooled_gates(const gate_meta& gates, std::string_view source);
 
 // ---- scorers ------------------------------------------------------------------------------
 
@@ -103,6 +165,9 @@ class scorer {
  public:
   virtual ~scorer() = default;
   virtual scorer_needs needs() const = 0;
+  // A scorer that reads the attention weights of every query (snapkv) watches the engine through
+  // this observer; policy_runner::attach installs it as the session's observer.
+  virtual observer* attention_observer() { return nullptr; }
   // Writes kv_head::score[j] (higher = more worth keeping) for every slot j in ranges[head] of
   // every head: one call per step for the whole cache.
   virtual void score(kv_cache& cache, const score_request& request) = 0;
@@ -144,7 +209,9 @@ class policy_runner final : public step_hook {
  public:
   policy_runner(const policy_config& config, const model_config& model, std::unique_ptr<scorer> s);
 
-  // Installs the runner as the session's step hook and turns on what its scorer reads.
+  // Installs the runner as the session's step hook and turns on what its scorer reads; replaces
+  // the session's observer with the scorer's own (none for most policies): set another observer
+  // after attach, and pass the weights on to get_scorer()->attention_observer() (snapkv).
   void attach(session& s);
   // After every engine step (prefill chunk or decoded token): score, select, evict.
   void on_step(kv_cache& cache, std::span<const int32_t> step_positions) override;
@@ -159,7 +226,11 @@ class policy_runner final : public step_hook {
 
  private:
   void select_and_evict(kv_cache& cache, int32_t t_last);
+  // Fills group_score_ for the group's slots with positions in [first, last]; returns them.
+  slot_range score_group(const kv_cache& cache, std::span<const int> group, int32_t first, int32_t last);
   void evict_group(kv_cache& cache, std::span<const int> group, int32_t first, int32_t last, size_t n_keep);
+  // A pooled budget: the groups of pool keep n_keep_per_group x pool.size() slots together.
+  void evict_pool(kv_cache& cache, std::span<const int> pool, int32_t first, int32_t last, size_t n_keep_per_group);
 
   policy_config config_;
   int n_layer_, n_kv_head_;
@@ -172,7 +243,14 @@ class policy_runner final : public step_hook {
   std::vector<float> group_score_;    // [slots in the decided range]
   std::vector<uint32_t> order_;       // [slots in the decided range]
   std::vector<uint8_t> keep_;         // [n_slots of a head]
-  std::vector<int> group_;            // head indices of the current group
+  std::vector<std::vector<int>> groups_;  // [n_groups][heads of the group], per the layout
+  std::vector<std::vector<int>> pools_;   // [n_pools][groups of the pool], per the budget pool
+  struct pool_item {
+    float score;
+    int32_t pos;
+    uint32_t group, slot;
+  };
+  std::vector<pool_item> items_;      // [slots in the decided range of a pool]
 };
 
 // A runner for the configuration: make_scorer + policy_runner.

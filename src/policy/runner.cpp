@@ -37,10 +37,43 @@ policy_runner::policy_runner(const policy_config& config, const model_config& mo
   }
   // A dynamic score is only meaningful when every slot is re-scored on the step it is used.
   if (needs_.dynamic && needs_.block != 1) fail("policy {}: dynamic scores cannot wait in blocks", policy_name(config_.kind));
+
+  // The layout's groups, then the pools that share a budget (whole groups only).
+  const int n_heads = n_layer_ * n_kv_head_;
+  switch (config_.layout) {
+    case layout_kind::per_head:
+      for (int h = 0; h < n_heads; ++h) groups_.push_back({h});
+      break;
+    case layout_kind::per_layer:
+      for (int il = 0; il < n_layer_; ++il) {
+        groups_.emplace_back();
+        for (int ih = 0; ih < n_kv_head_; ++ih) groups_.back().push_back(il * n_kv_head_ + ih);
+      }
+      break;
+    case layout_kind::global:
+      groups_.emplace_back();
+      for (int h = 0; h < n_heads; ++h) groups_.back().push_back(h);
+      break;
+  }
+  const int n_groups = static_cast<int>(groups_.size());
+  for (int g = 0; g < n_groups; ++g) {
+    const int il = groups_[g].front() / n_kv_head_;
+    const bool same_pool = !pools_.empty() &&
+        (config_.pool == budget_pool::model ||
+         (config_.pool == budget_pool::layer && groups_[pools_.back().back()].front() / n_kv_head_ == il));
+    if (!same_pool) pools_.emplace_back();
+    pools_.back().push_back(g);
+    if (config_.pool == budget_pool::layer && groups_[g].back() / n_kv_head_ != il) {
+      fail("policy {}: a layer budget pool cannot hold {} groups", policy_name(config_.kind), layout_name(config_.layout));
+    }
+  }
 }
 
 void policy_runner::attach(session& s) {
   s.set_step_hook(this);
+  // Always set, null included: a runner attached before this one (a server slot's previous
+  // request) may have installed its own observer and be gone now.
+  s.set_observer(scorer_ ? scorer_->attention_observer() : nullptr);
   s.set_track_attention(needs_.track_attention);
   s.cache().set_keep_pre_rope(needs_.pre_rope_keys);
 }
@@ -120,25 +153,10 @@ void policy_runner::select_and_evict(kv_cache& cache, int32_t t_last) {
   }
   if (score_first >= 0) scored_until_ = last;
 
-  switch (config_.layout) {
-    case layout_kind::per_head:
-      for (int h = 0; h < n_heads; ++h) {
-        group_.assign(1, h);
-        evict_group(cache, group_, decide_first, decide_last, n_keep);
-      }
-      break;
-    case layout_kind::per_layer:
-      for (int il = 0; il < n_layer_; ++il) {
-        group_.clear();
-        for (int ih = 0; ih < n_kv_head_; ++ih) group_.push_back(il * n_kv_head_ + ih);
-        evict_group(cache, group_, decide_first, decide_last, n_keep);
-      }
-      break;
-    case layout_kind::global:
-      group_.resize(n_heads);
-      for (int h = 0; h < n_heads; ++h) group_[h] = h;
-      evict_group(cache, group_, decide_first, decide_last, n_keep);
-      break;
+  if (budget && config_.pool != budget_pool::head) {
+    for (const std::vector<int>& pool : pools_) evict_pool(cache, pool, decide_first, decide_last, n_keep);
+  } else {
+    for (const std::vector<int>& group : groups_) evict_group(cache, group, decide_first, decide_last, n_keep);
   }
 
   // The pre-RoPE keys were needed only until their slot was scored.
@@ -149,9 +167,9 @@ void policy_runner::select_and_evict(kv_cache& cache, int32_t t_last) {
   }
 }
 
-void policy_runner::evict_group(kv_cache& cache, std::span<const int> group, int32_t first,
-                                int32_t last, size_t n_keep) {
-  auto head_of = [&](int h) -> kv_head& { return cache.head(h / n_kv_head_, h % n_kv_head_); };
+slot_range policy_runner::score_group(const kv_cache& cache, std::span<const int> group, int32_t first,
+                                      int32_t last) {
+  auto head_of = [&](int h) -> const kv_head& { return cache.head(h / n_kv_head_, h % n_kv_head_); };
   const kv_head& h0 = head_of(group[0]);
   // The heads of a group hold the same positions: they started equal and always evict together.
   for (size_t g = 1; g < group.size(); ++g) {
@@ -163,8 +181,6 @@ void policy_runner::evict_group(kv_cache& cache, std::span<const int> group, int
   }
   const slot_range r = slots_between(h0, first, last);
   const uint32_t m = r.size();
-  if (m == 0) return;
-
   // Group score: the best any head of the group gives; a NaN score counts as the worst.
   group_score_.assign(m, -std::numeric_limits<float>::infinity());
   for (int h : group) {
@@ -173,6 +189,15 @@ void policy_runner::evict_group(kv_cache& cache, std::span<const int> group, int
       if (!std::isnan(s[j])) group_score_[j] = std::max(group_score_[j], s[j]);
     }
   }
+  return r;
+}
+
+void policy_runner::evict_group(kv_cache& cache, std::span<const int> group, int32_t first,
+                                int32_t last, size_t n_keep) {
+  const slot_range r = score_group(cache, group, first, last);
+  const uint32_t m = r.size();
+  if (m == 0) return;
+  const kv_head& h0 = cache.head(group[0] / n_kv_head_, group[0] % n_kv_head_);
 
   keep_.assign(h0.n_slots(), 1);
   size_t n_evict = 0;
@@ -199,6 +224,38 @@ void policy_runner::evict_group(kv_cache& cache, std::span<const int> group, int
   }
   if (n_evict == 0) return;
   for (int h : group) stats_.n_evicted += cache.evict(h / n_kv_head_, h % n_kv_head_, keep_);
+}
+
+void policy_runner::evict_pool(kv_cache& cache, std::span<const int> pool, int32_t first, int32_t last,
+                              size_t n_keep_per_group) {
+  items_.clear();
+  for (int g : pool) {
+    const slot_range r = score_group(cache, groups_[g], first, last);
+    const kv_head& h0 = cache.head(groups_[g][0] / n_kv_head_, groups_[g][0] % n_kv_head_);
+    for (uint32_t j = 0; j < r.size(); ++j) {
+      const uint32_t slot = r.begin + j;
+      if (!h0.masked[slot]) items_.push_back({group_score_[j], h0.pos[slot], static_cast<uint32_t>(g), slot});
+    }
+  }
+  // Every group of a pool has as many heads, so each kept item costs the same slots.
+  const size_t n_keep = n_keep_per_group * pool.size();
+  if (items_.size() <= n_keep) return;
+  // Best first: higher score, then the more recent position, then the lower group.
+  auto better = [](const pool_item& a, const pool_item& b) {
+    if (a.score != b.score) return a.score > b.score;
+    if (a.pos != b.pos) return a.pos > b.pos;
+    return a.group < b.group;
+  };
+  std::nth_element(items_.begin(), items_.begin() + n_keep, items_.end(), better);
+  std::sort(items_.begin() + n_keep, items_.end(),
+            [](const pool_item& a, const pool_item& b) { return a.group < b.group; });
+  for (size_t i = n_keep; i < items_.size();) {
+    const uint32_t g = items_[i].group;
+    const std::vector<int>& group = groups_[g];
+    keep_.assign(cache.head(group[0] / n_kv_head_, group[0] % n_kv_head_).n_slots(), 1);
+    for (; i < items_.size() && items_[i].group == g; ++i) keep_[items_[i].slot] = 0;
+    for (int h : group) stats_.n_evicted += cache.evict(h / n_kv_head_, h % n_kv_head_, keep_);
+  }
 }
 
 std::unique_ptr<policy_runner> make_policy(const policy_config& config, const model_config& model,

@@ -98,7 +98,7 @@ request_policy parse_kv_policy(const json* kv, const request_limits& limits) {
   if (kv) {
     if (!kv->is_object()) bad_request("'kv_policy' must be an object such as {\"name\": \"h2o\", \"budget\": 256}");
     const json* name = find(*kv, "name");
-    if (!name) bad_request("'kv_policy.name' is missing (full, window, streaming, h2o, tova, knorm, random, learned)");
+    if (!name) bad_request(fmt::format("'kv_policy.name' is missing ({})", policy_names()));
     // A request's policy starts from the policy's own defaults, not from the server's knobs.
     req = policy_request{};
     req.policy = as_string(*name, "kv_policy.name");
@@ -118,10 +118,12 @@ request_policy parse_kv_policy(const json* kv, const request_limits& limits) {
         req.threshold = static_cast<float>(as_number(v, field, -1e6, 1e6));
       } else if (k == "layout") {
         req.layout = as_string(v, field);
+      } else if (k == "budget_pool") {
+        req.pool = as_string(v, field);
       } else if (k == "seed") {
         req.seed = static_cast<uint64_t>(as_int(v, field, 0, std::numeric_limits<int64_t>::max()));
       } else {
-        bad_request(fmt::format("unknown knob '{}' in kv_policy (name, sinks, window, threshold, budget, layout, seed)", field));
+        bad_request(fmt::format("unknown knob '{}' in kv_policy (name, sinks, window, threshold, budget, budget_pool, layout, seed)", field));
       }
     }
   }
@@ -141,6 +143,7 @@ request_policy parse_kv_policy(const json* kv, const request_limits& limits) {
     p.json["window"] = c.window;
     if (c.mode == select_mode::budget) {
       p.json["budget"] = c.budget;
+      if (c.pool != budget_pool::head) p.json["budget_pool"] = budget_pool_name(c.pool);
     } else {
       p.json["threshold"] = c.threshold;
     }
