@@ -2,6 +2,7 @@
 // row, integer dot products) and the prefill path (dequantize + sgemm).
 #include <benchmark/benchmark.h>
 
+#include <cstring>
 #include <random>
 
 #include "model/linear.h"
@@ -22,9 +23,20 @@ bench_weight make(tensor_type type, int64_t n_in, int64_t n_out) {
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   std::vector<float> x(n_in);
-  for (int64_t r = 0; r < n_out; ++r) {
-    for (float& v : x) v = u(rng);
-    kvgate::gguf::quantize(type, x.data(), b.bytes.data() + r * row, n_in);
+  const bool k_type = type == tensor_type::q4_k || type == tensor_type::q5_k || type == tensor_type::q6_k;
+  if (k_type) {
+    // no K quantizer: random blocks with small f16 scales (the kernels' work does not depend on values)
+    for (uint8_t& v : b.bytes) v = static_cast<uint8_t>(rng());
+    const size_t block = kvgate::gguf::traits(type).type_size;
+    const uint16_t d = kvgate::gguf::f32_to_f16(0.01f);
+    for (size_t off = 0; off < b.bytes.size(); off += block) {
+      std::memcpy(&b.bytes[off + (type == tensor_type::q6_k ? block - 2 : 0)], &d, 2);
+    }
+  } else {
+    for (int64_t r = 0; r < n_out; ++r) {
+      for (float& v : x) v = u(rng);
+      kvgate::gguf::quantize(type, x.data(), b.bytes.data() + r * row, n_in);
+    }
   }
   b.w = {type, b.bytes.data(), n_in, n_out, row};
   return b;
@@ -49,6 +61,9 @@ void run(benchmark::State& state, tensor_type type,
   }
   state.counters["MAC/s"] = benchmark::Counter(static_cast<double>(n_in * n_out * n_rows) * state.iterations(),
                                                benchmark::Counter::kIsRate);
+  // weight bytes read per second: compares types per byte (a K-quant or Q5 model against Q4_1)
+  state.counters["B/s"] = benchmark::Counter(static_cast<double>(b.w.row_bytes * n_out) * state.iterations(),
+                                             benchmark::Counter::kIsRate);
 }
 
 void BM_linear_q4_1(benchmark::State& state) { run(state, tensor_type::q4_1); }
@@ -65,6 +80,12 @@ void BM_linear_q4_1_packed(benchmark::State& state) {
 void BM_linear_q8_0_packed(benchmark::State& state) {
   run(state, tensor_type::q8_0, kvgate::linear_rows::independent, true);
 }
+void BM_linear_q5_0_packed(benchmark::State& state) {
+  run(state, tensor_type::q5_0, kvgate::linear_rows::independent, true);
+}
+// K types (row kernels of model/kquant_dot.h; no packed layout)
+void BM_linear_q4_k(benchmark::State& state) { run(state, tensor_type::q4_k, kvgate::linear_rows::independent); }
+void BM_linear_q6_k(benchmark::State& state) { run(state, tensor_type::q6_k, kvgate::linear_rows::independent); }
 
 // ffn_up of SmolLM2 (576 -> 1536) and the tied output head (576 -> 49152)
 BENCHMARK(BM_linear_q4_1)->Args({576, 1536, 1})->Args({576, 1536, 64})->Args({1536, 576, 1});
@@ -74,5 +95,9 @@ BENCHMARK(BM_linear_q4_1_int)->ArgsProduct({{1536}, {576}, {1, 4, 8, 16, 32, 64,
 BENCHMARK(BM_linear_q4_1_packed)->ArgsProduct({{1536}, {576}, {1, 4, 8, 16, 32, 64, 128}});
 BENCHMARK(BM_linear_q8_0)->Args({576, 49152, 1})->Args({576, 4096, 64});
 BENCHMARK(BM_linear_q8_0_packed)->ArgsProduct({{576}, {4096}, {1, 8}});
+// What a Q4_K_M file of SmolLM2 holds: Q5_0 for the 576-wide inputs, Q4_K / Q6_K for ffn_down.
+BENCHMARK(BM_linear_q5_0_packed)->ArgsProduct({{576}, {1536}, {1, 4}});
+BENCHMARK(BM_linear_q4_k)->ArgsProduct({{1536}, {576}, {1, 4}});
+BENCHMARK(BM_linear_q6_k)->ArgsProduct({{1536}, {576}, {1, 4}});
 
 }  // namespace

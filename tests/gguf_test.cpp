@@ -125,7 +125,7 @@ writer sample_writer() {
                                          {value::of_array(value_type::u8, {value::of_u8(7)})})}));
   const std::vector<float> x = random_floats(256, 1, 0.1f, 10.0f);
   for (tensor_type t : {tensor_type::f16, tensor_type::bf16, tensor_type::q8_0, tensor_type::q4_0,
-                        tensor_type::q4_1}) {
+                        tensor_type::q4_1, tensor_type::q5_0, tensor_type::q5_1}) {
     bytes q(row_bytes(t, 64) * 4);
     quantize(t, x.data(), q.data(), 256);
     w.add_tensor(std::string(traits(t).name), {64, 4}, t, q);
@@ -206,7 +206,7 @@ TEST(gguf_roundtrip, metadata_of_every_type_round_trips) {
 
 TEST(gguf_roundtrip, tensors_of_every_type_round_trip_byte_for_byte) {
   const auto f = file::open(write_sample());
-  ASSERT_EQ(f->tensors().size(), 9u);
+  ASSERT_EQ(f->tensors().size(), 11u);
   const std::vector<float> x = random_floats(256, 1, 0.1f, 10.0f);
   for (const tensor_info& t : f->tensors()) {
     SCOPED_TRACE(t.name);
@@ -397,7 +397,7 @@ std::vector<hostile_case> hostile_cases() {
   c.push_back({"zero_dim", one("t", {4, 0}, 0, 0, 128), "dimension 1 is 0"});
   c.push_back(
       {"dims_overflow", one("t", {uint64_t{1} << 32, uint64_t{1} << 32}, 0, 0, 128), "overflow"});
-  c.push_back({"unknown_tensor_type", one("t", {32}, 6, 0, 128), "type 6 (Q5_0)"});
+  c.push_back({"unknown_tensor_type", one("t", {256}, 10, 0, 128), "type 10 (Q2_K)"});
   c.push_back({"unknown_tensor_type_id", one("t", {32}, 1000, 0, 128), "type 1000 (unknown)"});
   c.push_back({"ne0_not_whole_blocks", one("t", {33}, 8, 0, 128),
                "not a multiple of the Q8_0 block size 32"});
@@ -537,6 +537,7 @@ TEST(gguf_quant, type_table_matches_ggml) {
        {row{tensor_type::f32, "F32", 1, 4}, row{tensor_type::f16, "F16", 1, 2},
         row{tensor_type::bf16, "BF16", 1, 2}, row{tensor_type::q8_0, "Q8_0", 32, 34},
         row{tensor_type::q4_0, "Q4_0", 32, 18}, row{tensor_type::q4_1, "Q4_1", 32, 20},
+        row{tensor_type::q5_0, "Q5_0", 32, 22}, row{tensor_type::q5_1, "Q5_1", 32, 24},
         row{tensor_type::q4_k, "Q4_K", 256, 144}, row{tensor_type::q5_k, "Q5_K", 256, 176},
         row{tensor_type::q6_k, "Q6_K", 256, 210}}) {
     EXPECT_EQ(traits(r.type).name, r.name);
@@ -544,8 +545,8 @@ TEST(gguf_quant, type_table_matches_ggml) {
     EXPECT_EQ(traits(r.type).type_size, r.size);
     EXPECT_EQ(row_bytes(r.type, r.block * 3), r.size * 3);
   }
-  EXPECT_EQ(find_traits(static_cast<tensor_type>(6)), nullptr);
-  EXPECT_THROW(traits(static_cast<tensor_type>(6)), error);
+  EXPECT_EQ(find_traits(static_cast<tensor_type>(10)), nullptr);  // Q2_K
+  EXPECT_THROW(traits(static_cast<tensor_type>(10)), error);
   EXPECT_THROW(row_bytes(tensor_type::q4_k, 128), error);
   float y[32];
   EXPECT_THROW(dequantize(tensor_type::q8_0, y, y, 31), error);
@@ -580,11 +581,11 @@ TEST(gguf_quant, dequantize_matches_gguf_py_golden_exactly) {
     types_seen.insert(std::string(traits(t.type).name));
     ++n_checked;
   }
-  EXPECT_EQ(types_seen, (std::set<std::string>{"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K",
-                                               "Q5_K", "Q6_K"}));
+  EXPECT_EQ(types_seen, (std::set<std::string>{"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0",
+                                               "Q5_1", "Q4_K", "Q5_K", "Q6_K"}));
   EXPECT_NE(f->find_tensor("real.token_embd.weight"), nullptr);
   EXPECT_NE(f->find_tensor("real.blk.0.attn_q.weight"), nullptr);
-  EXPECT_EQ(n_checked, 14);
+  EXPECT_EQ(n_checked, 18);
 }
 
 // Every "<name>" with a "<name>.src": our quantizer reproduces gguf-py's bytes from the same input.
@@ -602,7 +603,7 @@ TEST(gguf_quant, quantize_matches_gguf_py_bytes_exactly) {
     for (size_t i = 0; i < q.size(); ++i) ASSERT_EQ(q[i], t.data[i]) << "byte " << i;
     ++n_checked;
   }
-  EXPECT_EQ(n_checked, 5);  // F16, BF16, Q8_0, Q4_0, Q4_1
+  EXPECT_EQ(n_checked, 7);  // F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1
 }
 
 // Round-trip error bounds (x, then q = quantize(x), then dequantize(q)), per 32-element block with
@@ -611,6 +612,8 @@ TEST(gguf_quant, quantize_matches_gguf_py_bytes_exactly) {
 //   Q8_0: d = amax/127, |err| <= d/2 + 127 e16(d)
 //   Q4_0: d = amax/8, the far end clips from 16 to 15, |err| <= d + 8 e16(d)
 //   Q4_1: d = (max-min)/15, m = f16(min), |err| <= d/2 + 15 e16(d) + e16(min)
+//   Q5_0: d = amax/16, the far end clips from 32 to 31, |err| <= d + 16 e16(d)
+//   Q5_1: d = (max-min)/31, m = f16(min), |err| <= d/2 + 31 e16(d) + e16(min)
 // plus a few f32 ulps of amax for the arithmetic. F16 / BF16 round each value: e16(x), |x| 2^-8.
 TEST(gguf_quant, quantize_dequantize_error_is_within_the_type_bound) {
   const int64_t n = 32 * 4096;
@@ -618,7 +621,7 @@ TEST(gguf_quant, quantize_dequantize_error_is_within_the_type_bound) {
   std::fill(x.begin(), x.begin() + 32, 0.0f);         // zero block
   std::fill(x.begin() + 32, x.begin() + 64, -3.25f);  // constant block
   for (tensor_type t : {tensor_type::f32, tensor_type::f16, tensor_type::bf16, tensor_type::q8_0,
-                        tensor_type::q4_0, tensor_type::q4_1}) {
+                        tensor_type::q4_0, tensor_type::q4_1, tensor_type::q5_0, tensor_type::q5_1}) {
     SCOPED_TRACE(traits(t).name);
     bytes q(row_bytes(t, n));
     std::vector<float> y(n);
@@ -646,6 +649,12 @@ TEST(gguf_quant, quantize_dequantize_error_is_within_the_type_bound) {
             bound = amax / 127.0 / 2 + 127 * f16_err(amax / 127.0) + slack;
             break;
           case tensor_type::q4_0: bound = amax / 8.0 + 8 * f16_err(amax / 8.0) + slack; break;
+          case tensor_type::q5_0: bound = amax / 16.0 + 16 * f16_err(amax / 16.0) + slack; break;
+          case tensor_type::q5_1: {
+            const double d = (max - min) / 31.0;
+            bound = d / 2 + 31 * f16_err(d) + f16_err(min) + slack;
+            break;
+          }
           default: {
             const double d = (max - min) / 15.0;
             bound = d / 2 + 15 * f16_err(d) + f16_err(min) + slack;

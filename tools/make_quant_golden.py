@@ -11,7 +11,7 @@ not write):
   "<name>"      the quantized tensor (shape [4 rows, n] in numpy order, ne = [n, 4])
   "<name>.ref"  F32: gguf-py's dequantization of "<name>"
   "<name>.src"  F32: the input gguf-py quantized, for the types it can quantize (F16, BF16, Q8_0,
-                Q4_0, Q4_1); our quantizer must reproduce "<name>" from it byte for byte
+                Q4_0, Q4_1, Q5_0, Q5_1); our quantizer must reproduce "<name>" from it byte for byte
 The K types have no gguf-py quantizer: their blocks are deterministic random bytes with sane f16
 scales; "<type>.random" does the same for the 32-element types. "real.*" are the first 4 rows of real tensors of the default model (SmolLM2-135M Q4_1).
 """
@@ -65,9 +65,9 @@ def random_blocks(rng: np.random.Generator, qtype: T, n_blocks: int) -> np.ndarr
             v *= rng.choice([-1.0, 1.0], n_blocks)
         return v.astype(np.float16).view(np.uint8).reshape(n_blocks, 2)
 
-    if qtype in (T.Q8_0, T.Q4_0):
+    if qtype in (T.Q8_0, T.Q4_0, T.Q5_0):
         b[:, 0:2] = f16(1e-7, 1e-1, signed=True)  # d
-    elif qtype == T.Q4_1:
+    elif qtype in (T.Q4_1, T.Q5_1):
         b[:, 0:2] = f16(1e-7, 1e-1, signed=False)  # d
         b[:, 2:4] = f16(1e-7, 1e0, signed=True)  # m
     elif qtype in (T.Q4_K, T.Q5_K):
@@ -125,6 +125,14 @@ def main() -> None:
     n_k = 8 * 256
     for name, qtype in (("q4_k", T.Q4_K), ("q5_k", T.Q5_K), ("q6_k", T.Q6_K)):
         add(w, name, qtype, random_blocks(rng, qtype, ROWS * n_k // 256), n_k)
+
+    # Q5_0 / Q5_1 (added later; drawn after the others so the earlier tensors keep their bytes)
+    for name, qtype in (("q5_0", T.Q5_0), ("q5_1", T.Q5_1)):
+        x = source_values(rng, n)
+        add(w, name, qtype, quantize(x, qtype), n)
+        w.add_tensor(name + ".src", x)
+    for name, qtype in (("q5_0.random", T.Q5_0), ("q5_1.random", T.Q5_1)):
+        add(w, name, qtype, random_blocks(rng, qtype, ROWS * 32), 32 * 32)
 
     # Real tensors: the first ROWS rows as stored in the model
     model = gguf.GGUFReader(str(args.model))

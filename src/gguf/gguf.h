@@ -27,7 +27,7 @@ enum class value_type : uint32_t {
 };
 
 enum class tensor_type : uint32_t {
-  f32 = 0, f16 = 1, q4_0 = 2, q4_1 = 3, q8_0 = 8, q4_k = 12, q5_k = 13, q6_k = 14, bf16 = 30,
+  f32 = 0, f16 = 1, q4_0 = 2, q4_1 = 3, q5_0 = 6, q5_1 = 7, q8_0 = 8, q4_k = 12, q5_k = 13, q6_k = 14, bf16 = 30,
 };
 
 // "u32", "string", ...; "type 42" for an id outside the enum.
@@ -52,7 +52,7 @@ size_t row_bytes(tensor_type type, int64_t ne0);
 // Dequantizes n elements (a multiple of the type's block size) from src into dst.
 void dequantize(tensor_type type, const void* src, float* dst, int64_t n);
 // Quantizes n f32 elements into dst (row_bytes(type, n) bytes). Supported: f32, f16, bf16, q8_0,
-// q4_0, q4_1 (round-to-nearest, as ggml's reference quantizers); throws for the K types.
+// q4_0, q4_1, q5_0, q5_1 (round-to-nearest, as ggml's reference quantizers); throws for the K types.
 void quantize(tensor_type type, const float* src, void* dst, int64_t n);
 
 // The 12 scale bytes of a Q4_K / Q5_K block hold eight 6-bit scales and eight 6-bit mins, one

@@ -124,6 +124,84 @@ void dequantize_q4_1(const uint8_t* src, float* y, int64_t nb) {
   }
 }
 
+#if defined(__AVX2__)
+// 0x10 in byte j where bit j of the 32-bit qh is set (j < 16: low 128 bits, element order as
+// unpack_nibbles's lo / hi halves).
+inline __m256i fifth_bits(uint32_t qh) {
+  const __m256i v = _mm256_set1_epi32(static_cast<int>(qh));
+  // byte j of each 128-bit half reads qh byte j / 8 (low half) or 2 + j / 8 (high half)
+  const __m256i spread = _mm256_shuffle_epi8(
+      v, _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
+  const __m256i bit = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201ull));
+  const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+  return _mm256_and_si256(set, _mm256_set1_epi8(0x10));
+}
+
+// f32 of the 32 five-bit values of (qh, qs) minus offset, in element order.
+inline void unpack_five_bits(const uint8_t* qh_p, const uint8_t* qs, int offset, __m256 out[4]) {
+  uint32_t qh;
+  std::memcpy(&qh, qh_p, 4);
+  const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+  const __m128i mask = _mm_set1_epi8(0x0f);
+  const __m256i nib = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), mask), _mm_and_si128(packed, mask));
+  const __m256i q = _mm256_sub_epi8(_mm256_or_si256(nib, fifth_bits(qh)), _mm256_set1_epi8(static_cast<char>(offset)));
+  const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+  out[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
+  out[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
+  out[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
+  out[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
+}
+#endif
+
+// Fifth bit of element j (0..31) of a Q5_0 / Q5_1 block: bit j of qh read as a little-endian u32.
+inline int q5_high(uint32_t qh, int j) { return static_cast<int>((qh >> j) & 1) << 4; }
+
+// block: f16 d; u8 qh[4]; u8 qs[16]; element j: low 4 bits as Q4_0's nibble j, fifth bit from
+// qh; value d * (q - 16)
+void dequantize_q5_0(const uint8_t* src, float* y, int64_t nb) {
+  for (int64_t ib = 0; ib < nb; ++ib, src += 22, y += qk) {
+    const float d = half_to_float(load_u16(src));
+    const uint8_t* qs = src + 6;
+#if defined(__AVX2__)
+    const __m256 vd = _mm256_set1_ps(d);
+    __m256 q[4];
+    unpack_five_bits(src + 2, qs, 16, q);
+    for (int k = 0; k < 4; ++k) _mm256_storeu_ps(y + 8 * k, _mm256_mul_ps(q[k], vd));
+#else
+    uint32_t qh;
+    std::memcpy(&qh, src + 2, 4);
+    for (int j = 0; j < qk / 2; ++j) {
+      y[j] = static_cast<float>(((qs[j] & 0x0f) | q5_high(qh, j)) - 16) * d;
+      y[j + qk / 2] = static_cast<float>(((qs[j] >> 4) | q5_high(qh, j + qk / 2)) - 16) * d;
+    }
+#endif
+  }
+}
+
+// block: f16 d, f16 m; u8 qh[4]; u8 qs[16] (bits as Q5_0); value d * q + m
+void dequantize_q5_1(const uint8_t* src, float* y, int64_t nb) {
+  for (int64_t ib = 0; ib < nb; ++ib, src += 24, y += qk) {
+    const float d = half_to_float(load_u16(src));
+    const float m = half_to_float(load_u16(src + 2));
+    const uint8_t* qs = src + 8;
+#if defined(__AVX2__)
+    const __m256 vd = _mm256_set1_ps(d), vm = _mm256_set1_ps(m);
+    __m256 q[4];
+    unpack_five_bits(src + 4, qs, 0, q);
+    for (int k = 0; k < 4; ++k) {
+      _mm256_storeu_ps(y + 8 * k, _mm256_add_ps(_mm256_mul_ps(q[k], vd), vm));
+    }
+#else
+    uint32_t qh;
+    std::memcpy(&qh, src + 4, 4);
+    for (int j = 0; j < qk / 2; ++j) {
+      y[j] = static_cast<float>((qs[j] & 0x0f) | q5_high(qh, j)) * d + m;
+      y[j + qk / 2] = static_cast<float>((qs[j] >> 4) | q5_high(qh, j + qk / 2)) * d + m;
+    }
+#endif
+  }
+}
+
 // block: f16 d, f16 dmin; u8 scales[12]; u8 qs[128]. Each 64 elements: 32 low nibbles of
 // qs[32 * k ..] with (scale, min) 2k, then the 32 high nibbles with 2k + 1.
 void dequantize_q4_k(const uint8_t* src, float* y, int64_t nb) {
@@ -289,6 +367,55 @@ void quantize_q4_1(const float* x, uint8_t* dst, int64_t nb) {
   }
 }
 
+// Packs 32 five-bit values: low nibbles into qs[16] (element j and j + 16 share byte j), fifth
+// bits into the little-endian u32 qh.
+void store_five_bits(const uint8_t* q, uint8_t* qh_p, uint8_t* qs) {
+  uint32_t qh = 0;
+  for (int j = 0; j < qk / 2; ++j) {
+    qs[j] = static_cast<uint8_t>((q[j] & 0x0f) | ((q[j + qk / 2] & 0x0f) << 4));
+    qh |= static_cast<uint32_t>(q[j] >> 4) << j;
+    qh |= static_cast<uint32_t>(q[j + qk / 2] >> 4) << (j + qk / 2);
+  }
+  std::memcpy(qh_p, &qh, 4);
+}
+
+// quantize_row_q5_0_ref: d = (the value of largest magnitude) / -16, q = trunc(x / d + 16.5)
+void quantize_q5_0(const float* x, uint8_t* dst, int64_t nb) {
+  for (int64_t ib = 0; ib < nb; ++ib, x += qk, dst += 22) {
+    float amax = 0.0f, max = 0.0f;
+    for (int j = 0; j < qk; ++j) {
+      if (amax < std::fabs(x[j])) {
+        amax = std::fabs(x[j]);
+        max = x[j];
+      }
+    }
+    const float d = max / -16;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    store_f16(dst, d);
+    uint8_t q[qk];
+    for (int j = 0; j < qk; ++j) q[j] = trunc_clamped(x[j] * id + 16.5f, 31.0f);
+    store_five_bits(q, dst + 2, dst + 6);
+  }
+}
+
+// quantize_row_q5_1_ref: d = (max - min) / 31, m = min, q = trunc((x - min) / d + 0.5)
+void quantize_q5_1(const float* x, uint8_t* dst, int64_t nb) {
+  for (int64_t ib = 0; ib < nb; ++ib, x += qk, dst += 24) {
+    float min = FLT_MAX, max = -FLT_MAX;
+    for (int j = 0; j < qk; ++j) {
+      min = std::min(min, x[j]);
+      max = std::max(max, x[j]);
+    }
+    const float d = (max - min) / 31;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    store_f16(dst, d);
+    store_f16(dst + 2, min);
+    uint8_t q[qk];
+    for (int j = 0; j < qk; ++j) q[j] = trunc_clamped((x[j] - min) * id + 0.5f, 31.0f);
+    store_five_bits(q, dst + 4, dst + 8);
+  }
+}
+
 int64_t checked_blocks(const char* what, tensor_type type, int64_t n) {
   const type_traits& t = traits(type);
   if (n < 0 || n % t.block_size != 0) {
@@ -310,6 +437,8 @@ void dequantize(tensor_type type, const void* src, float* dst, int64_t n) {
     case tensor_type::q8_0: dequantize_q8_0(s, dst, nb); return;
     case tensor_type::q4_0: dequantize_q4_0(s, dst, nb); return;
     case tensor_type::q4_1: dequantize_q4_1(s, dst, nb); return;
+    case tensor_type::q5_0: dequantize_q5_0(s, dst, nb); return;
+    case tensor_type::q5_1: dequantize_q5_1(s, dst, nb); return;
     case tensor_type::q4_k: dequantize_q4_k(s, dst, nb); return;
     case tensor_type::q5_k: dequantize_q5_k(s, dst, nb); return;
     case tensor_type::q6_k: dequantize_q6_k(s, dst, nb); return;
@@ -326,11 +455,13 @@ void quantize(tensor_type type, const float* src, void* dst, int64_t n) {
     case tensor_type::q8_0: quantize_q8_0(src, d, nb); return;
     case tensor_type::q4_0: quantize_q4_0(src, d, nb); return;
     case tensor_type::q4_1: quantize_q4_1(src, d, nb); return;
+    case tensor_type::q5_0: quantize_q5_0(src, d, nb); return;
+    case tensor_type::q5_1: quantize_q5_1(src, d, nb); return;
     case tensor_type::q4_k:
     case tensor_type::q5_k:
     case tensor_type::q6_k: break;
   }
-  fail("quantize: no quantizer for {} (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)",
+  fail("quantize: no quantizer for {} (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1)",
        traits(type).name);
 }
 

@@ -15,6 +15,8 @@ constexpr type_traits traits_f16{"F16", 1, 2};
 constexpr type_traits traits_bf16{"BF16", 1, 2};
 constexpr type_traits traits_q4_0{"Q4_0", 32, 18};
 constexpr type_traits traits_q4_1{"Q4_1", 32, 20};
+constexpr type_traits traits_q5_0{"Q5_0", 32, 22};
+constexpr type_traits traits_q5_1{"Q5_1", 32, 24};
 constexpr type_traits traits_q8_0{"Q8_0", 32, 34};
 constexpr type_traits traits_q4_k{"Q4_K", 256, 144};
 constexpr type_traits traits_q5_k{"Q5_K", 256, 176};
@@ -29,6 +31,8 @@ const type_traits* find_traits(tensor_type type) {
     case tensor_type::bf16: return &traits_bf16;
     case tensor_type::q4_0: return &traits_q4_0;
     case tensor_type::q4_1: return &traits_q4_1;
+    case tensor_type::q5_0: return &traits_q5_0;
+    case tensor_type::q5_1: return &traits_q5_1;
     case tensor_type::q8_0: return &traits_q8_0;
     case tensor_type::q4_k: return &traits_q4_k;
     case tensor_type::q5_k: return &traits_q5_k;

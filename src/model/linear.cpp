@@ -1,6 +1,7 @@
 #include "model/linear.h"
 
 #include "common/error.h"
+#include "model/kquant_dot.h"
 
 #include <cblas.h>
 #include <omp.h>
@@ -46,7 +47,11 @@ inline float fp16(uint16_t h) {
 struct block_q4_0 { uint16_t d; uint8_t qs[16]; };
 struct block_q4_1 { uint16_t d; uint16_t m; uint8_t qs[16]; };
 struct block_q8_0 { uint16_t d; int8_t qs[32]; };
-static_assert(sizeof(block_q4_0) == 18 && sizeof(block_q4_1) == 20 && sizeof(block_q8_0) == 34);
+// Q5: the fifth bit of element j is bit j of qh read as a little-endian u32; qs as Q4's.
+struct block_q5_0 { uint16_t d; uint8_t qh[4]; uint8_t qs[16]; };
+struct block_q5_1 { uint16_t d; uint16_t m; uint8_t qh[4]; uint8_t qs[16]; };
+static_assert(sizeof(block_q4_0) == 18 && sizeof(block_q4_1) == 20 && sizeof(block_q8_0) == 34 &&
+              sizeof(block_q5_0) == 22 && sizeof(block_q5_1) == 24);
 
 #ifdef KVGATE_AVX2
 inline float hsum(__m256 v) {
@@ -214,8 +219,13 @@ void dot_q8_0_q8(const block_q8_0* b, const q8_activations* x, int64_t nb, float
 #endif
 }
 
-bool has_integer_kernel(tensor_type type) {
+// Types with a row-at-a-time q8 kernel (packed or not).
+bool has_row_kernel(tensor_type type) {
   return type == tensor_type::q4_1 || type == tensor_type::q4_0 || type == tensor_type::q8_0;
+}
+// Types with a packed (8-row) q8 kernel: the Q5 types have only that one.
+bool has_packed_kernel(tensor_type type) {
+  return has_row_kernel(type) || type == tensor_type::q5_0 || type == tensor_type::q5_1;
 }
 
 template <int R>
@@ -253,8 +263,30 @@ inline constexpr int k_group_rows = 8;
 struct packed_q4_0 { uint16_t d[8]; uint8_t qs[128]; };
 struct packed_q4_1 { uint16_t d[8]; uint16_t m[8]; uint8_t qs[128]; };
 struct packed_q8_0 { uint16_t d[8]; int8_t qs[256]; };
+// Q5: qh[l] holds row l's 32 fifth bits reordered (five_bits_pack) so that for chunk c one shift of
+// the whole register puts them at bit 4 of the bytes they complete.
+struct packed_q5_0 { uint16_t d[8]; uint32_t qh[8]; uint8_t qs[128]; };
+struct packed_q5_1 { uint16_t d[8]; uint16_t m[8]; uint32_t qh[8]; uint8_t qs[128]; };
 static_assert(sizeof(packed_q4_0) == 8 * sizeof(block_q4_0) && sizeof(packed_q4_1) == 8 * sizeof(block_q4_1) &&
-              sizeof(packed_q8_0) == 8 * sizeof(block_q8_0));
+              sizeof(packed_q8_0) == 8 * sizeof(block_q8_0) && sizeof(packed_q5_0) == 8 * sizeof(block_q5_0) &&
+              sizeof(packed_q5_1) == 8 * sizeof(block_q5_1));
+
+// Element e of a Q5 block sits in chunk c = (e % 16) / 4 at byte k = e % 4, in the low (e < 16) or
+// high nibble; packed, its fifth bit goes to bit 8k + c (low) or 8k + 4 + c (high) of qh.
+inline int five_bits_position(int e) {
+  const int c = (e % 16) / 4, k = e % 4;
+  return 8 * k + (e < 16 ? c : 4 + c);
+}
+inline uint32_t five_bits_pack(uint32_t qh) {
+  uint32_t out = 0;
+  for (int e = 0; e < 32; ++e) out |= ((qh >> e) & 1u) << five_bits_position(e);
+  return out;
+}
+inline uint32_t five_bits_unpack(uint32_t packed) {
+  uint32_t out = 0;
+  for (int e = 0; e < 32; ++e) out |= ((packed >> five_bits_position(e)) & 1u) << e;
+  return out;
+}
 
 template <typename block, typename packed>
 void pack_group(const linear& w, int64_t g, packed* out) {
@@ -265,6 +297,11 @@ void pack_group(const linear& w, int64_t g, packed* out) {
     for (int64_t i = 0; i < nb; ++i) {
       out[i].d[l] = row[i].d;
       if constexpr (requires { row[i].m; }) out[i].m[l] = row[i].m;
+      if constexpr (requires { row[i].qh; }) {
+        uint32_t qh;
+        std::memcpy(&qh, row[i].qh, 4);
+        out[i].qh[l] = five_bits_pack(qh);
+      }
       for (int c = 0; c < n_chunks; ++c) std::memcpy(out[i].qs + c * 32 + l * 4, row[i].qs + c * 4, 4);
     }
   }
@@ -280,6 +317,10 @@ void unpack_row(const linear& w, int64_t o, block* out) {
   for (int64_t i = 0; i < nb; ++i) {
     out[i].d = p[i].d[l];
     if constexpr (requires { out[i].m; }) out[i].m = p[i].m[l];
+    if constexpr (requires { out[i].qh; }) {
+      const uint32_t qh = five_bits_unpack(p[i].qh[l]);
+      std::memcpy(out[i].qh, &qh, 4);
+    }
     for (int c = 0; c < n_chunks; ++c) std::memcpy(out[i].qs + c * 4, p[i].qs + c * 32 + l * 4, 4);
   }
 }
@@ -304,9 +345,13 @@ inline void prefetch_ahead(const packed& p) {
 }
 inline __m256 q4_offsets(const packed_q4_1& p, __m256) { return load_f16x8(p.m); }
 inline __m256 q4_offsets(const packed_q4_0&, __m256 d) { return _mm256_mul_ps(d, _mm256_set1_ps(-8.0f)); }
+inline __m256 q4_offsets(const packed_q5_1& p, __m256) { return load_f16x8(p.m); }
+inline __m256 q4_offsets(const packed_q5_0&, __m256 d) { return _mm256_mul_ps(d, _mm256_set1_ps(-16.0f)); }
 #endif
 inline float q4_offset_lane(const packed_q4_1& p, int l) { return fp16(p.m[l]); }
 inline float q4_offset_lane(const packed_q4_0& p, int l) { return -8.0f * fp16(p.d[l]); }
+inline float q4_offset_lane(const packed_q5_1& p, int l) { return fp16(p.m[l]); }
+inline float q4_offset_lane(const packed_q5_0& p, int l) { return -16.0f * fp16(p.d[l]); }
 
 // 8 rows (one group) against R activation vectors: out[r * stride + l] = row l . x[r]. Lane l of
 // an accumulator is row l; per block, acc += (d_w * d_x) * sum(q_w q_x) + m_w * sum_x, in block
@@ -356,6 +401,72 @@ void dot_packed_q4(const packed* b, const q8_activations* x, int64_t nb, float* 
           for (int k = 0; k < 4; ++k) {
             const uint8_t v = b[i].qs[c * 32 + l * 4 + k];
             s += (v & 0x0F) * x[r].q[i * 32 + c * 4 + k] + (v >> 4) * x[r].q[i * 32 + 16 + c * 4 + k];
+          }
+        }
+        acc = std::fma(fp16(b[i].d[l]) * x[r].d[i], static_cast<float>(s), acc);
+        acc = std::fma(q4_offset_lane(b[i], l), x[r].sum[i], acc);
+      }
+      out[r * stride + l] = acc;
+    }
+  }
+#endif
+}
+
+// Q5_0 / Q5_1, as dot_packed_q4 with each nibble completed by its fifth bit (values 0..31). A
+// maddubs lane pair reaches 2 * 31 * 127 = 7874, so at most 4 of them (31496) may be summed in
+// int16: the low and high halves are widened to int32 separately.
+template <typename packed, int R>
+void dot_packed_q5(const packed* b, const q8_activations* x, int64_t nb, float* out, int64_t stride) {
+#ifdef KVGATE_AVX2
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  const __m256i mask = _mm256_set1_epi8(0x0F), bit4 = _mm256_set1_epi8(0x10);
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t i = 0; i < nb; ++i) {
+    const packed& p = b[i];
+    prefetch_ahead(p);
+    const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.qh));
+    // fifth bits at bit 4 of each byte: chunk c's low elements sit at bit c, high at bit 4 + c
+    const __m256i h_lo[4] = {_mm256_slli_epi32(qh, 4), _mm256_slli_epi32(qh, 3), _mm256_slli_epi32(qh, 2),
+                             _mm256_slli_epi32(qh, 1)};
+    const __m256i h_hi[4] = {qh, _mm256_srli_epi32(qh, 1), _mm256_srli_epi32(qh, 2), _mm256_srli_epi32(qh, 3)};
+    __m256i lo[4], hi[4];
+    for (int c = 0; c < 4; ++c) {
+      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.qs + c * 32));
+      lo[c] = _mm256_or_si256(_mm256_and_si256(w, mask), _mm256_and_si256(h_lo[c], bit4));
+      hi[c] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(w, 4), mask), _mm256_and_si256(h_hi[c], bit4));
+    }
+    const __m256 d = load_f16x8(p.d);
+    const __m256 m = q4_offsets(p, d);
+    for (int r = 0; r < R; ++r) {
+      const int8_t* q = x[r].q.data() + i * 32;
+      __m256i s_lo = _mm256_maddubs_epi16(lo[0], broadcast4(q));
+      s_lo = _mm256_add_epi16(s_lo, _mm256_maddubs_epi16(lo[1], broadcast4(q + 4)));
+      s_lo = _mm256_add_epi16(s_lo, _mm256_maddubs_epi16(lo[2], broadcast4(q + 8)));
+      s_lo = _mm256_add_epi16(s_lo, _mm256_maddubs_epi16(lo[3], broadcast4(q + 12)));
+      __m256i s_hi = _mm256_maddubs_epi16(hi[0], broadcast4(q + 16));
+      s_hi = _mm256_add_epi16(s_hi, _mm256_maddubs_epi16(hi[1], broadcast4(q + 20)));
+      s_hi = _mm256_add_epi16(s_hi, _mm256_maddubs_epi16(hi[2], broadcast4(q + 24)));
+      s_hi = _mm256_add_epi16(s_hi, _mm256_maddubs_epi16(hi[3], broadcast4(q + 28)));
+      const __m256i s = _mm256_add_epi32(_mm256_madd_epi16(s_lo, ones), _mm256_madd_epi16(s_hi, ones));
+      acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(x[r].d[i])), _mm256_cvtepi32_ps(s), acc[r]);
+      acc[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(x[r].sum[i]), acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) _mm256_storeu_ps(out + r * stride, acc[r]);
+#else
+  for (int r = 0; r < R; ++r) {
+    for (int l = 0; l < k_group_rows; ++l) {
+      float acc = 0.0f;
+      for (int64_t i = 0; i < nb; ++i) {
+        const uint32_t qh = b[i].qh[l];
+        int s = 0;
+        for (int c = 0; c < 4; ++c) {
+          for (int k = 0; k < 4; ++k) {
+            const uint8_t v = b[i].qs[c * 32 + l * 4 + k];
+            const int lo = (v & 0x0F) | static_cast<int>(((qh >> (8 * k + c)) & 1) << 4);
+            const int hi = (v >> 4) | static_cast<int>(((qh >> (8 * k + 4 + c)) & 1) << 4);
+            s += lo * x[r].q[i * 32 + c * 4 + k] + hi * x[r].q[i * 32 + 16 + c * 4 + k];
           }
         }
         acc = std::fma(fp16(b[i].d[l]) * x[r].d[i], static_cast<float>(s), acc);
@@ -421,6 +532,10 @@ void group_dot_n(const linear& w, int64_t g, const q8_activations* x, float* out
       return dot_packed_q4<packed_q4_1, R>(reinterpret_cast<const packed_q4_1*>(w.packed) + g * nb, x, nb, out, stride);
     case tensor_type::q4_0:
       return dot_packed_q4<packed_q4_0, R>(reinterpret_cast<const packed_q4_0*>(w.packed) + g * nb, x, nb, out, stride);
+    case tensor_type::q5_0:
+      return dot_packed_q5<packed_q5_0, R>(reinterpret_cast<const packed_q5_0*>(w.packed) + g * nb, x, nb, out, stride);
+    case tensor_type::q5_1:
+      return dot_packed_q5<packed_q5_1, R>(reinterpret_cast<const packed_q5_1*>(w.packed) + g * nb, x, nb, out, stride);
     default:
       return dot_packed_q8_0<R>(reinterpret_cast<const packed_q8_0*>(w.packed) + g * nb, x, nb, out, stride);
   }
@@ -440,22 +555,78 @@ void group_dot(const linear& w, int64_t g, const q8_activations* x, int64_t n_x,
   }
 }
 
+// The activation format an integer kernel of W reads, or none (W takes the float path).
+enum class activation_format { none, q8, q8k };
+
+activation_format integer_format(const linear& w) {
+  if (w.packed || has_row_kernel(w.type)) return activation_format::q8;
+  if (has_kquant_kernel(w.type)) return activation_format::q8k;
+  return activation_format::none;
+}
+
+// The n_x input vectors quantized for the integer kernels; a format no weight reads stays empty.
+struct integer_activations {
+  const q8_activations* q8 = nullptr;    // [n_x] per block of 32
+  const q8k_activations* q8k = nullptr;  // [n_x] per super-block of 256
+  int64_t n_x = 0;
+};
+
 // Output units of the integer path: a group of 8 rows when W is packed, else one row.
 int64_t n_units(const linear& w) { return w.packed ? w.n_out / k_group_rows : w.n_out; }
 
 // Unit u of W against the n_x vectors x; y [n_x, W.n_out].
-void unit_dot(const linear& w, int64_t u, const q8_activations* x, int64_t n_x, float* y) {
+void unit_dot(const linear& w, int64_t u, const integer_activations& x, float* y) {
   if (w.packed) {
-    group_dot(w, u, x, n_x, y + u * k_group_rows, w.n_out);
+    group_dot(w, u, x.q8, x.n_x, y + u * k_group_rows, w.n_out);
+  } else if (has_row_kernel(w.type)) {
+    row_dot_q8(w, u, x.q8, x.n_x, y + u, w.n_out);
   } else {
-    row_dot_q8(w, u, x, n_x, y + u, w.n_out);
+    kquant_dot_rows(w.type, w.row(u), x.q8k, static_cast<int>(x.n_x), y + u, w.n_out);
+  }
+}
+
+// y[i] [n_rows, w[i]->n_out] = x * W_i^T for up to 4 weights with integer kernels and one n_in:
+// each format the weights read is quantized once, then one parallel launch covers the output
+// units of all the weights. A unit's result depends only on its weight and the activations, so
+// the bits do not depend on which weights share the call.
+void forward_integer(std::span<const linear* const> w, const float* x, std::span<float* const> y, int64_t n_rows) {
+  const int64_t n_in = w[0]->n_in;
+  bool want_q8 = false, want_q8k = false;
+  for (const linear* wi : w) {
+    want_q8 = want_q8 || integer_format(*wi) == activation_format::q8;
+    want_q8k = want_q8k || integer_format(*wi) == activation_format::q8k;
+  }
+  // Thread-local to the caller; the worker threads read them through the pointers in `act`
+  // (inside the parallel region the names would denote each worker's own, empty, copies).
+  thread_local std::vector<q8_activations> q8_storage;
+  thread_local std::vector<q8k_activations> q8k_storage;
+  integer_activations act;
+  act.n_x = n_rows;
+  if (want_q8) {
+    q8_storage.resize(n_rows);
+    for (int64_t r = 0; r < n_rows; ++r) quantize_activations(x + r * n_in, n_in, q8_storage[r]);
+    act.q8 = q8_storage.data();
+  }
+  if (want_q8k) {
+    q8k_storage.resize(n_rows);
+    for (int64_t r = 0; r < n_rows; ++r) quantize_q8k(x + r * n_in, n_in, q8k_storage[r]);
+    act.q8k = q8k_storage.data();
+  }
+  int64_t first[5] = {0};  // first output unit of each weight in the joint range
+  for (size_t i = 0; i < w.size(); ++i) first[i + 1] = first[i] + n_units(*w[i]);
+  const int64_t n_total = first[w.size()];
+#pragma omp parallel for schedule(static) num_threads(g_threads)
+  for (int64_t u = 0; u < n_total; ++u) {
+    size_t i = 0;
+    while (u >= first[i + 1]) ++i;
+    unit_dot(*w[i], u - first[i], act, y[i]);
   }
 }
 
 }  // namespace
 
 bool linear_packable(const linear& w) {
-  return has_integer_kernel(w.type) && w.n_out % k_group_rows == 0 && w.n_in % 32 == 0 && w.n_out > 0;
+  return has_packed_kernel(w.type) && w.n_out % k_group_rows == 0 && w.n_in % 32 == 0 && w.n_out > 0;
 }
 
 std::vector<uint8_t> linear_pack(const linear& w) {
@@ -466,6 +637,8 @@ std::vector<uint8_t> linear_pack(const linear& w) {
     switch (w.type) {
       case tensor_type::q4_1: pack_group<block_q4_1>(w, g, reinterpret_cast<packed_q4_1*>(out.data()) + g * nb); break;
       case tensor_type::q4_0: pack_group<block_q4_0>(w, g, reinterpret_cast<packed_q4_0*>(out.data()) + g * nb); break;
+      case tensor_type::q5_0: pack_group<block_q5_0>(w, g, reinterpret_cast<packed_q5_0*>(out.data()) + g * nb); break;
+      case tensor_type::q5_1: pack_group<block_q5_1>(w, g, reinterpret_cast<packed_q5_1*>(out.data()) + g * nb); break;
       default: pack_group<block_q8_0>(w, g, reinterpret_cast<packed_q8_0*>(out.data()) + g * nb); break;
     }
   }
@@ -479,6 +652,8 @@ void linear_dequantize_row(const linear& w, int64_t o, float* out) {
   switch (w.type) {
     case tensor_type::q4_1: unpack_row<block_q4_1, packed_q4_1>(w, o, reinterpret_cast<block_q4_1*>(row.data())); break;
     case tensor_type::q4_0: unpack_row<block_q4_0, packed_q4_0>(w, o, reinterpret_cast<block_q4_0*>(row.data())); break;
+    case tensor_type::q5_0: unpack_row<block_q5_0, packed_q5_0>(w, o, reinterpret_cast<block_q5_0*>(row.data())); break;
+    case tensor_type::q5_1: unpack_row<block_q5_1, packed_q5_1>(w, o, reinterpret_cast<block_q5_1*>(row.data())); break;
     default: unpack_row<block_q8_0, packed_q8_0>(w, o, reinterpret_cast<block_q8_0*>(row.data())); break;
   }
   gguf::dequantize(w.type, row.data(), out, w.n_in);
@@ -523,17 +698,11 @@ void linear_forward(const linear& w, const float* x, float* y, int64_t n_rows, l
   ensure_blas_threads();
   const int64_t n_out = w.n_out;
   const bool per_row = rows == linear_rows::independent || n_rows < k_sgemm_min_rows;
-  if (per_row && has_integer_kernel(w.type)) {
+  if (per_row && integer_format(w) != activation_format::none) {
     // Decode: activations to 8 bits once, then integer dot products (as llama.cpp does).
-    // Thread-local to the caller; the worker threads read it through this pointer (inside the
-    // parallel region the name would denote each worker's own, empty, copy).
-    thread_local std::vector<q8_activations> xq_storage;
-    std::vector<q8_activations>* xq = &xq_storage;
-    xq->resize(n_rows);
-    for (int64_t r = 0; r < n_rows; ++r) quantize_activations(x + r * w.n_in, w.n_in, (*xq)[r]);
-    const int64_t n_u = n_units(w);
-#pragma omp parallel for schedule(static) num_threads(g_threads)
-    for (int64_t u = 0; u < n_u; ++u) unit_dot(w, u, xq->data(), n_rows, y);
+    const linear* ws[1] = {&w};
+    float* ys[1] = {y};
+    forward_integer(ws, x, ys, n_rows);
     return;
   }
   if (per_row) {
@@ -576,25 +745,14 @@ void linear_forward_multi(std::span<const linear* const> w, const float* x, std:
                           int64_t n_rows, linear_scratch& scratch, linear_rows rows) {
   if (w.size() != y.size()) fail("linear_forward_multi: {} weights but {} outputs", w.size(), y.size());
   bool fused = (rows == linear_rows::independent || n_rows < k_sgemm_min_rows) && !w.empty() && w.size() <= 4;
-  for (const linear* wi : w) fused = fused && has_integer_kernel(wi->type) && wi->n_in == w[0]->n_in;
+  for (const linear* wi : w) {
+    fused = fused && integer_format(*wi) != activation_format::none && wi->n_in == w[0]->n_in;
+  }
   if (!fused) {
     for (size_t i = 0; i < w.size(); ++i) linear_forward(*w[i], x, y[i], n_rows, scratch, rows);
     return;
   }
-  const int64_t n_in = w[0]->n_in;
-  thread_local std::vector<q8_activations> xq_storage;
-  std::vector<q8_activations>* xq = &xq_storage;
-  xq->resize(n_rows);
-  for (int64_t r = 0; r < n_rows; ++r) quantize_activations(x + r * n_in, n_in, (*xq)[r]);
-  int64_t first[5] = {0};  // first output unit of each weight in the joint range
-  for (size_t i = 0; i < w.size(); ++i) first[i + 1] = first[i] + n_units(*w[i]);
-  const int64_t n_total = first[w.size()];
-#pragma omp parallel for schedule(static) num_threads(g_threads)
-  for (int64_t u = 0; u < n_total; ++u) {
-    size_t i = 0;
-    while (u >= first[i + 1]) ++i;
-    unit_dot(*w[i], u - first[i], xq->data(), n_rows, y[i]);
-  }
+  forward_integer(w, x, y, n_rows);
 }
 
 void set_compute_threads(int n_threads) {

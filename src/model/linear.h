@@ -1,10 +1,11 @@
 // Matrix products against (possibly quantized) weight matrices: the one interface the forward
 // pass uses, so faster kernels can replace the inside without touching the model.
 //
-// Two paths: few rows (decode) quantize the activations to 8 bits per block of 32 and take integer
-// dot products with Q4_0 / Q4_1 / Q8_0 rows (other types: dequantize a row, dot in f32); many
-// rows (prefill) dequantize the weight into a scratch f32 buffer and call BLAS sgemm. Every path
-// is checked against a scalar reference in tests/linear_test.cpp.
+// Two paths: few rows (decode) quantize the activations to 8 bits and take integer dot products:
+// per block of 32 for Q4_0 / Q4_1 / Q8_0 (and Q5_0 / Q5_1 when packed), per super-block of 256
+// for the K types Q4_K / Q5_K / Q6_K (model/kquant_dot.h); other types dequantize a row and dot in
+// f32. Many rows (prefill) dequantize the weight into a scratch f32 buffer and call BLAS sgemm.
+// Every path is checked against a scalar reference in tests/linear_test.cpp.
 //
 // The integer path reads weights repacked at load time (linear_pack): 8 rows interleaved 4 bytes
 // at a time, so one 256-bit register holds 4 quants of each of 8 rows, a broadcast of 4
@@ -36,7 +37,7 @@ struct linear {
   const uint8_t* row(int64_t i) const { return data + static_cast<size_t>(i) * row_bytes; }
 };
 
-// Whether linear_pack applies: Q4_0 / Q4_1 / Q8_0 weights with a multiple of 8 rows.
+// Whether linear_pack applies: Q4_0 / Q4_1 / Q8_0 / Q5_0 / Q5_1 weights with a multiple of 8 rows.
 bool linear_packable(const linear& w);
 // The interleaved copy of w's rows (same size as the original). Set w.packed to its data.
 std::vector<uint8_t> linear_pack(const linear& w);
@@ -63,7 +64,8 @@ void linear_forward(const linear& w, const float* x, float* y, int64_t n_rows, l
 
 // Several weights that read the same input x [n_rows, n_in] (Q, K, V; gate, up):
 // y[i] [n_rows, w[i]->n_out] = x * W_i^T. On the decode path x is quantized once and one parallel
-// launch covers the rows of all the weights; results are bit-identical to one linear_forward each.
+// launch covers the rows of all the weights (each activation format they read, 32- or 256-element
+// blocks, quantized once); results are bit-identical to one linear_forward each.
 void linear_forward_multi(std::span<const linear* const> w, const float* x, std::span<float* const> y,
                           int64_t n_rows, linear_scratch& scratch, linear_rows rows = linear_rows::automatic);
 
