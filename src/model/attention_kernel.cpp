@@ -38,8 +38,7 @@ inline const float* row_f32(const kv_rows& r, uint32_t j, float* buf) {
   return buf;
 }
 
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-#define KVGATE_ATTN_AVX2 1
+#ifdef KVGATE_AVX2
 constexpr int k_sub = 4;  // queries whose accumulators stay in registers together
 
 // Elements [i, i + 8) of a stored row as floats (i a multiple of 8, so q8_0 loads stay in a block).
@@ -138,7 +137,7 @@ void attend_chunk_group(const kv_rows& k, const kv_rows& v, std::span<const slot
   alignas(32) float s[k_attn_max_group][B];  // scores, then probabilities
   alignas(32) float kbuf[k_attn_max_d], vbuf[k_attn_max_d];
   uint32_t idx[B];
-#ifdef KVGATE_ATTN_AVX2
+#ifdef KVGATE_AVX2
   const bool fast = d % 8 == 0;  // else the portable path (also the non-AVX2 build's)
 #endif
   for (int g = 0; g < n_q; ++g) {
@@ -160,7 +159,7 @@ void attend_chunk_group(const kv_rows& k, const kv_rows& v, std::span<const slot
     const size_t block_first = live;
     live += nb;
 
-#ifdef KVGATE_ATTN_AVX2
+#ifdef KVGATE_AVX2
     if (fast) {
       block_pass_any(true, k, idx, nb, q, n_q, d, scale, s, o);
     } else
@@ -194,7 +193,7 @@ void attend_chunk_group(const kv_rows& k, const kv_rows& v, std::span<const slot
       for (int j = 0; j < B; ++j) sum += s[g][j];
       l[g] += sum;
     }
-#ifdef KVGATE_ATTN_AVX2
+#ifdef KVGATE_AVX2
     if (fast) {
       block_pass_any(false, v, idx, nb, q, n_q, d, scale, s, o);
       continue;

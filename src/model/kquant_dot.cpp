@@ -5,11 +5,8 @@
 #include <cstring>
 
 #include "common/error.h"
+#include "model/simd.h"
 
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-#include <immintrin.h>
-#define KVGATE_AVX2 1
-#endif
 
 namespace kvgate {
 
@@ -244,16 +241,8 @@ void avx2_q6_k(const uint8_t* row, const q8k_activations* x, float* out, int64_t
 // Groups of k_kquant_rows_at_once vectors, then the remainder.
 template <template <int> class K>
 void rows_in_groups(const uint8_t* row, const q8k_activations* x, int n_x, float* out, int64_t stride) {
-  int r = 0;
-  for (; r + k_kquant_rows_at_once <= n_x; r += k_kquant_rows_at_once) {
-    K<k_kquant_rows_at_once>::run(row, x + r, out + r * stride, stride);
-  }
-  switch (n_x - r) {
-    case 3: K<3>::run(row, x + r, out + r * stride, stride); break;
-    case 2: K<2>::run(row, x + r, out + r * stride, stride); break;
-    case 1: K<1>::run(row, x + r, out + r * stride, stride); break;
-    default: break;
-  }
+  static_assert(k_kquant_rows_at_once == 4);
+  simd::for_groups_of_4(n_x, [&](auto R, int64_t r) { K<R>::run(row, x + r, out + r * stride, stride); });
 }
 
 template <int R> struct q4_k_kernel {

@@ -2,6 +2,7 @@
 
 #include "common/error.h"
 #include "model/kquant_dot.h"
+#include "model/simd.h"
 
 #include <cblas.h>
 #include <omp.h>
@@ -10,10 +11,6 @@
 #include <cmath>
 #include <cstring>
 
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-#include <immintrin.h>
-#define KVGATE_AVX2 1
-#endif
 
 namespace kvgate {
 
@@ -241,16 +238,8 @@ void row_dot_q8_n(const linear& w, int64_t i, const q8_activations* x, float* ou
 
 // out[r * stride] = row i of W . x[r] for r < n_x, k_rows_at_once vectors per pass over the row.
 void row_dot_q8(const linear& w, int64_t i, const q8_activations* x, int64_t n_x, float* out, int64_t stride) {
-  int64_t r = 0;
-  for (; r + k_rows_at_once <= n_x; r += k_rows_at_once) {
-    row_dot_q8_n<k_rows_at_once>(w, i, x + r, out + r * stride, stride);
-  }
-  switch (n_x - r) {
-    case 3: row_dot_q8_n<3>(w, i, x + r, out + r * stride, stride); break;
-    case 2: row_dot_q8_n<2>(w, i, x + r, out + r * stride, stride); break;
-    case 1: row_dot_q8_n<1>(w, i, x + r, out + r * stride, stride); break;
-    default: break;
-  }
+  static_assert(k_rows_at_once == 4);
+  simd::for_groups_of_4(n_x, [&](auto R, int64_t r) { row_dot_q8_n<R>(w, i, x + r, out + r * stride, stride); });
 }
 
 // ---- Weights interleaved by 8 rows ----------------------------------------------------------
@@ -543,16 +532,7 @@ void group_dot_n(const linear& w, int64_t g, const q8_activations* x, float* out
 
 // out[r * stride + l] = row 8g + l of W . x[r] for r < n_x and l < 8 (W packed).
 void group_dot(const linear& w, int64_t g, const q8_activations* x, int64_t n_x, float* out, int64_t stride) {
-  int64_t r = 0;
-  for (; r + k_rows_at_once <= n_x; r += k_rows_at_once) {
-    group_dot_n<k_rows_at_once>(w, g, x + r, out + r * stride, stride);
-  }
-  switch (n_x - r) {
-    case 3: group_dot_n<3>(w, g, x + r, out + r * stride, stride); break;
-    case 2: group_dot_n<2>(w, g, x + r, out + r * stride, stride); break;
-    case 1: group_dot_n<1>(w, g, x + r, out + r * stride, stride); break;
-    default: break;
-  }
+  simd::for_groups_of_4(n_x, [&](auto R, int64_t r) { group_dot_n<R>(w, g, x + r, out + r * stride, stride); });
 }
 
 // The activation format an integer kernel of W reads, or none (W takes the float path).

@@ -3,12 +3,32 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #endif
+// The integer and f16 kernels' AVX2 paths also need F16C (x86-64-v3 has all three).
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define KVGATE_AVX2 1
+#endif
 
 namespace kvgate::simd {
+
+// Calls f(std::integral_constant<int, R>{}, r0) over vectors [0, n): groups of 4 (R = 4), then
+// the remainder as one call with R = n % 4. The multi-vector kernels take R as a template
+// argument so their accumulators stay in registers.
+template <typename F>
+inline void for_groups_of_4(int64_t n, F&& f) {
+  int64_t r = 0;
+  for (; r + 4 <= n; r += 4) f(std::integral_constant<int, 4>{}, r);
+  switch (n - r) {
+    case 3: f(std::integral_constant<int, 3>{}, r); break;
+    case 2: f(std::integral_constant<int, 2>{}, r); break;
+    case 1: f(std::integral_constant<int, 1>{}, r); break;
+    default: break;
+  }
+}
 
 inline float dot(const float* a, const float* b, int64_t n) {
   int64_t j = 0;
