@@ -44,7 +44,11 @@ void register_bench(CLI::App& app) {
   sub->add_option("--thresholds", o->bench.thresholds, "learned per-head threshold sweep")->delimiter(',');
   sub->add_option("--thresholds-layer", o->bench.thresholds_layer, "learned per-layer threshold sweep")->delimiter(',');
   sub->add_option("--thresholds-global", o->bench.thresholds_global, "learned global (union) threshold sweep")->delimiter(',');
-  sub->add_option("--baselines", o->bench.baselines, "baseline policies (window streaming h2o tova knorm keydiff random)")->delimiter(',');
+  sub->add_option("--baselines", o->bench.baselines, fmt::format("baseline policies ({})", fmt::join(baseline_policy_names(), " ")))
+      ->delimiter(',');
+  sub->add_option("--budget-pools", o->bench.budget_pools,
+                  "budget pools of the learned budget curves: head (learned-budget), layer, model (learned-budget-POOL)")
+      ->delimiter(',');
   sub->add_option("--matched-share", o->bench.matched_share, "KV share the summary and the needle pass compare at")
       ->check(CLI::Range(0.01, 1.0));
   sub->add_option("--needle-cases", o->bench.needle_cases, "needle prompts per configuration (0 = no needle pass)")
@@ -79,6 +83,7 @@ void register_bench(CLI::App& app) {
       }
     }
     for (float t : b.thresholds) if (!std::isfinite(t)) fail("--thresholds must be finite numbers");
+    for (const std::string& pool : b.budget_pools) parse_budget_pool(pool);
     if (b.sinks + b.window + b.batch >= b.ctx) {
       fail("--ctx {} leaves no room for eviction beyond --sinks {} + --window {} + --batch {}", b.ctx, b.sinks, b.window,
            b.batch);

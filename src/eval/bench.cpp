@@ -77,10 +77,13 @@ std::vector<bench_config> bench_configs(const bench_options& o, const gate_meta*
         add(curve, req, t, "threshold");
       }
     }
-    for (double share : o.shares) {
-      policy_request req = request("learned", o.sinks, "per-head");
-      req.budget = budget_for_share(share, o.ctx, o.sinks, o.window);
-      add("learned-budget", req, *req.budget, "budget");
+    for (const std::string& pool : o.budget_pools) {
+      for (double share : o.shares) {
+        policy_request req = request("learned", o.sinks, "per-head");
+        req.budget = budget_for_share(share, o.ctx, o.sinks, o.window);
+        req.pool = pool;
+        add(pool == "head" ? std::string("learned-budget") : "learned-budget-" + pool, req, *req.budget, "budget");
+      }
     }
   }
   return configs;

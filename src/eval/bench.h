@@ -54,6 +54,10 @@ struct bench_options {
   // "snapkv" brings two curves: snapkv (the question inside its 64-query window, as it is when the
   // question ends the prompt) and snapkv-ctx (the question outside it).
   std::vector<std::string> baselines = baseline_policy_names();  // the table's baseline rows
+  // Budget pools of the learned budget curves: "head" is the curve learned-budget, "layer" and
+  // "model" add learned-budget-layer and learned-budget-model (one budget shared by the heads of a
+  // layer or of the model, filled by the highest calibrated scores).
+  std::vector<std::string> budget_pools = {"head"};
   double matched_share = 0.25;  // the budget the summary and the needle pass compare at
   int needle_cases = 24;
   int needle_ctx = 0;           // tokens per needle prompt (0: ctx)
