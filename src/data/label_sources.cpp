@@ -76,7 +76,6 @@ answer_document make_answer_document(const std::string& text, uint64_t seed) {
     f.depth = std::uniform_real_distribution<double>(0.0, 1.0)(rng);
     facts.push_back(f);
   }
-  const fact& asked = facts[rng() % facts.size()];
   static const char* const k_statements[] = {"For the record, the {1} of {0} is {2}.", "{0}'s {1} is {2}.",
                                              "Please note: {0} has {1} {2}."};
   std::string context = text;
@@ -95,8 +94,17 @@ answer_document make_answer_document(const std::string& text, uint64_t seed) {
     d.facts.push_back(statement);
   }
   d.context = std::move(context);
-  d.question = fmt::format("Question: what is the {} of {}?", asked.thing, asked.person);
-  d.answer = fmt::format("The {} of {} is {}.", asked.thing, asked.person, asked.value);
+  // Every fact is asked, in a random order: a gate cannot know which fact a later question will
+  // want, so a fact that is never asked must not teach it that facts are not worth keeping.
+  std::vector<size_t> asked(facts.size());
+  for (size_t k = 0; k < asked.size(); ++k) asked[k] = k;
+  std::shuffle(asked.begin(), asked.end(), rng);
+  d.question = asked.size() == 1 ? "Question:" : "Questions:";
+  for (size_t n = 0; n < asked.size(); ++n) {
+    const fact& f = facts[asked[n]];
+    d.question += fmt::format(" {}hat is the {} of {}?", n == 0 ? "w" : "W", f.thing, f.person);
+    d.answer += fmt::format("{}The {} of {} is {}.", n == 0 ? "" : " ", f.thing, f.person, f.value);
+  }
   return d;
 }
 

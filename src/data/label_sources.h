@@ -31,8 +31,8 @@ inline constexpr const char* k_repeat_instruction = "\n\nRepeat the previous con
 // One synthetic retrieval document over a training text.
 struct answer_document {
   std::string context;   // the text with 1-4 facts inserted at line starts
-  std::string question;  // asks for one fact
-  std::string answer;    // states it (teacher-forced)
+  std::string question;  // asks for every fact, in a random order
+  std::string answer;    // states each, in the question's order (teacher-forced)
   std::vector<std::string> facts;  // the inserted statements
   bool operator==(const answer_document&) const = default;
 };
