@@ -90,9 +90,9 @@ void BM_linear_q6_k(benchmark::State& state) { run(state, tensor_type::q6_k, kvg
 // ffn_up of SmolLM2 (576 -> 1536) and the tied output head (576 -> 49152)
 BENCHMARK(BM_linear_q4_1)->Args({576, 1536, 1})->Args({576, 1536, 64})->Args({1536, 576, 1});
 // Where the sgemm path (dequantize the weight, f32 product) starts to beat integer dot products.
-BENCHMARK(BM_linear_q4_1)->ArgsProduct({{1536}, {576}, {8, 16, 32, 64, 128}});
+BENCHMARK(BM_linear_q4_1)->ArgsProduct({{1536}, {576}, {8, 16, 32, 64, 128, 256, 512}});
 BENCHMARK(BM_linear_q4_1_int)->ArgsProduct({{1536}, {576}, {1, 4, 8, 16, 32, 64, 128}});
-BENCHMARK(BM_linear_q4_1_packed)->ArgsProduct({{1536}, {576}, {1, 4, 8, 16, 32, 64, 128}});
+BENCHMARK(BM_linear_q4_1_packed)->ArgsProduct({{1536}, {576}, {1, 4, 8, 16, 32, 64, 128, 256, 512}});
 BENCHMARK(BM_linear_q8_0)->Args({576, 49152, 1})->Args({576, 4096, 64});
 BENCHMARK(BM_linear_q8_0_packed)->ArgsProduct({{576}, {4096}, {1, 8}});
 // What a Q4_K_M file of SmolLM2 holds: Q5_0 for the 576-wide inputs, Q4_K / Q6_K for ffn_down.

@@ -224,6 +224,48 @@ TEST(linear, packed_weights_read_back_and_rows_do_not_depend_on_their_neighbours
   }
 }
 
+TEST(linear, quantized_rows_take_the_integer_kernels_at_any_row_count) {
+  // Prompt chunks in quantized mode (generate, chat, serve): a weight with an integer kernel gives
+  // every row of a 40-row chunk the bits `independent` gives it (so they are not sgemm's bits),
+  // alone and through the fused multi-weight launch; a weight without one (f32, f16) takes the
+  // automatic (sgemm) path, bit for bit.
+  std::mt19937_64 rng(21);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  linear_scratch scratch;
+  const int64_t n_rows = 40, n_out = 48;
+  for (tensor_type type : {tensor_type::q4_1, tensor_type::q8_0, tensor_type::q5_0, tensor_type::q4_k,
+                           tensor_type::q6_k, tensor_type::f32, tensor_type::f16}) {
+    for (bool pack : {false, true}) {
+      SCOPED_TRACE(std::string(gguf::traits(type).name) + (pack ? " packed" : ""));
+      const int64_t n_in = is_k_type(type) ? 512 : 576;
+      weight_buffer wb = make_weight(type, n_in, n_out, rng);
+      if (pack && !linear_packable(wb.w)) continue;
+      if (pack) wb.pack();
+      std::vector<float> x(n_rows * n_in), y(n_rows * n_out), y_ind(n_rows * n_out), y_auto(n_rows * n_out);
+      for (float& v : x) v = normal(rng);
+      linear_forward(wb.w, x.data(), y.data(), n_rows, scratch, linear_rows::quantized);
+      linear_forward(wb.w, x.data(), y_ind.data(), n_rows, scratch, linear_rows::independent);
+      linear_forward(wb.w, x.data(), y_auto.data(), n_rows, scratch, linear_rows::automatic);
+      const size_t bytes = y.size() * sizeof(float);
+      const bool integer = type != tensor_type::f32 && type != tensor_type::f16 &&
+                           (pack || is_k_type(type) || type != tensor_type::q5_0);
+      if (integer) {
+        EXPECT_EQ(0, std::memcmp(y.data(), y_ind.data(), bytes));
+        EXPECT_NE(0, std::memcmp(y.data(), y_auto.data(), bytes));
+      } else {
+        EXPECT_EQ(0, std::memcmp(y.data(), y_auto.data(), bytes));
+      }
+      // Two weights reading the same input, in one launch.
+      std::vector<float> y2(n_rows * n_out), y2_alone(n_rows * n_out);
+      const linear* ws[2] = {&wb.w, &wb.w};
+      float* ys[2] = {y2.data(), y2_alone.data()};
+      linear_forward_multi(ws, x.data(), ys, n_rows, scratch, linear_rows::quantized);
+      EXPECT_EQ(0, std::memcmp(y2.data(), y.data(), bytes));
+      EXPECT_EQ(0, std::memcmp(y2_alone.data(), y.data(), bytes));
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(types, linear_kernels,
                          ::testing::Values(tensor_type::f32, tensor_type::f16, tensor_type::bf16, tensor_type::q8_0,
                                            tensor_type::q4_0, tensor_type::q4_1, tensor_type::q5_0,

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <set>
 
 #include "model/forward.h"
 #include "model/model.h"
@@ -335,6 +336,24 @@ TEST(sampler, frequencies_follow_softmax_at_temperature) {
   EXPECT_NEAR(counts[0] / double(n), 0.1, 0.015);
   EXPECT_NEAR(counts[1] / double(n), 0.2, 0.015);
   EXPECT_NEAR(counts[2] / double(n), 0.7, 0.015);
+}
+
+TEST(sampler, top_k_keeps_the_k_best_with_ties_broken_by_token_id) {
+  // Integer logits with many ties at the k-th value: the kept set is the first k tokens in order
+  // of (logit descending, id ascending), found here by sorting every token.
+  std::mt19937 rng(4);
+  std::vector<float> logits(1000);
+  for (float& l : logits) l = static_cast<float>(rng() % 20);
+  const int k = 37;
+  std::vector<int> order(logits.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int>(i);
+  std::sort(order.begin(), order.end(),
+            [&](int a, int b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
+  const std::set<int> want(order.begin(), order.begin() + k);
+  sampler s({.temperature = 100.0f, .top_k = k, .top_p = 1.0f, .seed = 9});
+  std::set<int> seen;
+  for (int i = 0; i < 20000; ++i) seen.insert(s.sample(logits));
+  EXPECT_EQ(seen, want);
 }
 
 TEST(sampler, top_p_cuts_the_tail_and_seed_reproduces) {

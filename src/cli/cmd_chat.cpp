@@ -61,6 +61,7 @@ void register_chat(CLI::App& app) {
     int n_ctx = 0;
     int n_batch = 256;
     std::string kv_type = "f16";
+    std::string prefill = "int8";
     sampler_params sampling;
     policy_flags policy;
   };
@@ -74,7 +75,8 @@ void register_chat(CLI::App& app) {
   sub->add_option("--system", o->system, "system message (default: the model's own)");
   sub->add_option("--ctx", o->n_ctx, "context size for the whole conversation (default: the model's)")->check(CLI::Range(0, 1 << 24));
   sub->add_option("--batch", o->n_batch, "prefill chunk size")->check(CLI::Range(1, 1 << 16));
-  sub->add_option("--kv-type", o->kv_type, "element type of the KV cache: f32, f16 or q8_0")->capture_default_str();
+  add_kv_type_option(*sub, o->kv_type);
+  add_prefill_option(*sub, o->prefill);
   add_policy_options(*sub, o->policy, /*add_seed=*/false);  // --seed also seeds --policy random
 
   sub->callback([o] {
@@ -88,7 +90,8 @@ void register_chat(CLI::App& app) {
     const std::vector<int32_t> end_of_turn = vocab.encode("<|im_end|>\n", true);
     const auto n_end = static_cast<int64_t>(end_of_turn.size());
 
-    session s(*m, {.n_ctx = o->n_ctx, .n_batch = o->n_batch, .kv = parse_kv_type(o->kv_type)});
+    session s(*m, {.n_ctx = o->n_ctx, .n_batch = o->n_batch, .kv = parse_kv_type(o->kv_type),
+                   .prefill = parse_prefill(o->prefill)});
     policy->attach(s);  // eviction after every prefill chunk and every decoded token
     sampler pick(o->sampling);
     const bool interactive = isatty(STDIN_FILENO);

@@ -21,6 +21,7 @@ void register_generate(CLI::App& app) {
     int n_ctx = 0;
     int n_batch = 256;
     std::string kv_type = "f16";
+    std::string prefill = "int8";
     bool chat = false;
     bool ignore_eos = false;
     sampler_params sampling;
@@ -41,7 +42,8 @@ void register_generate(CLI::App& app) {
   sub->add_flag("--ignore-eos", o->ignore_eos, "keep generating past end-of-generation tokens");
   sub->add_option("--ctx", o->n_ctx, "context size (default: the model's)")->check(CLI::Range(0, 1 << 24));
   sub->add_option("--batch", o->n_batch, "prefill chunk size")->check(CLI::Range(1, 1 << 16));
-  sub->add_option("--kv-type", o->kv_type, "element type of the KV cache: f32, f16 or q8_0")->capture_default_str();
+  add_kv_type_option(*sub, o->kv_type);
+  add_prefill_option(*sub, o->prefill);
   add_policy_options(*sub, o->policy, /*add_seed=*/false);  // --seed also seeds --policy random
 
   sub->callback([o, prompt_file] {
@@ -64,7 +66,8 @@ void register_generate(CLI::App& app) {
     }
     if (tokens.empty()) fail("the prompt tokenizes to nothing");
 
-    session s(*m, {.n_ctx = o->n_ctx, .n_batch = o->n_batch, .kv = parse_kv_type(o->kv_type)});
+    session s(*m, {.n_ctx = o->n_ctx, .n_batch = o->n_batch, .kv = parse_kv_type(o->kv_type),
+                   .prefill = parse_prefill(o->prefill)});
     policy->attach(s);  // eviction after every prefill chunk and every decoded token
     if (static_cast<int64_t>(tokens.size()) >= s.n_ctx()) {
       fail("prompt of {} tokens does not fit the context of {} tokens (leave room for at least one "
@@ -104,6 +107,7 @@ void register_generate(CLI::App& app) {
         {"kv_slots", s.cache().n_live_total()},
         {"kv_bytes", s.cache().bytes_total()},
         {"kv_type", kv_type_name(s.cache().type())},
+        {"prefill", o->prefill},
         {"threads", compute_threads()},
         {"peak_rss_mb", peak_rss_mb()},
     };

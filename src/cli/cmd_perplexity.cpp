@@ -21,6 +21,7 @@ void register_perplexity(CLI::App& app) {
     int n_ctx = 1024;
     int n_batch = 256;
     std::string kv_type = "f16";
+    std::string prefill = "f32";  // exact: the measure of the model, not of the kernels
     int max_windows = 0;
     policy_flags policy;
   };
@@ -29,7 +30,8 @@ void register_perplexity(CLI::App& app) {
   sub->add_option("--file,-f", o->file, "text file")->required();
   sub->add_option("--ctx", o->n_ctx, "window length in tokens")->check(CLI::Range(2, 1 << 24));
   sub->add_option("--batch", o->n_batch, "prefill chunk size")->check(CLI::Range(1, 1 << 16));
-  sub->add_option("--kv-type", o->kv_type, "element type of the KV cache: f32, f16 or q8_0")->capture_default_str();
+  add_kv_type_option(*sub, o->kv_type);
+  add_prefill_option(*sub, o->prefill);
   sub->add_option("--max-windows", o->max_windows, "stop after this many windows (0 = all)")->check(CLI::Range(0, 1 << 30));
   add_policy_options(*sub, o->policy, /*add_seed=*/true);
 
@@ -48,7 +50,8 @@ void register_perplexity(CLI::App& app) {
     }
     if (o->max_windows > 0) n_windows = std::min<int64_t>(n_windows, o->max_windows);
 
-    session s(*m, {.n_ctx = o->n_ctx, .n_batch = o->n_batch, .kv = parse_kv_type(o->kv_type)});
+    session s(*m, {.n_ctx = o->n_ctx, .n_batch = o->n_batch, .kv = parse_kv_type(o->kv_type),
+                   .prefill = parse_prefill(o->prefill)});
     policy->attach(s);
     double nll_sum = 0.0;
     int64_t n_scored = 0;
@@ -71,6 +74,7 @@ void register_perplexity(CLI::App& app) {
         {"n_tokens", n_scored},
         {"n_windows", n_windows},
         {"ctx", o->n_ctx},
+        {"prefill", o->prefill},
         {"file_tokens", ids.size()},
         {"tok_s", n_windows * o->n_ctx / clock.seconds()},
     };

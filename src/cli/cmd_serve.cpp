@@ -25,6 +25,7 @@ void register_serve(CLI::App& app) {
   struct opts : model_options {
     serve::server_options server;
     double kv_memory_mb = 0;
+    std::string prefill = "int8";
     policy_flags policy;
   };
   auto o = std::make_shared<opts>();
@@ -38,6 +39,7 @@ void register_serve(CLI::App& app) {
       ->check(CLI::Range(0.0, 1e7));
   sub->add_option("--ctx", so.scheduling.n_ctx, "context of each slot (default: the model's)")->check(CLI::Range(0, 1 << 24));
   sub->add_option("--batch", so.scheduling.n_batch, "prefill chunk size")->check(CLI::Range(1, 1 << 16));
+  add_prefill_option(*sub, o->prefill);
   sub->add_option("--api-key", so.api_key, "require 'Authorization: Bearer KEY'");
   sub->add_option("--cors", so.cors_origin, "allow this browser origin (default: no CORS headers)");
   sub->add_option("--alias", so.model_alias, "model id in /v1/models (default: the file's name)");
@@ -50,6 +52,7 @@ void register_serve(CLI::App& app) {
     so.model_path = resolve_model_path(*o);
     so.gates_path = o->policy.gates;
     so.scheduling.kv_memory_bytes = static_cast<size_t>(o->kv_memory_mb * 1024 * 1024);
+    so.scheduling.prefill = parse_prefill(o->prefill);
     const policy_flags& f = o->policy;
     policy_request& d = so.default_policy;
     d.policy = f.policy;

@@ -33,6 +33,24 @@ std::string resolve_model_path(const model_options& options) {
 
 void apply_threads(const model_options& options) { set_compute_threads(options.threads); }
 
+void add_kv_type_option(CLI::App& app, std::string& kv_type) {
+  app.add_option("--kv-type", kv_type, "element type of the KV cache: f32, f16 or q8_0")->capture_default_str();
+}
+
+void add_prefill_option(CLI::App& app, std::string& prefill) {
+  app.add_option("--prefill", prefill,
+                 "prompt math: int8 (activations quantized to 8 bits and integer kernels, as decode and llama.cpp; "
+                 "faster) or f32 (dequantized weights, exact to float rounding, as perplexity and bench)")
+      ->check(CLI::IsMember({"int8", "f32"}))
+      ->capture_default_str();
+}
+
+linear_rows parse_prefill(const std::string& prefill) {
+  if (prefill == "int8") return linear_rows::quantized;
+  if (prefill == "f32") return linear_rows::automatic;
+  fail("unknown --prefill '{}' (int8 or f32)", prefill);
+}
+
 double peak_rss_mb() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);

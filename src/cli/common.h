@@ -6,6 +6,8 @@
 #include <chrono>
 #include <string>
 
+#include "model/linear.h"
+
 namespace kvgate::cli {
 
 // Options every model-running subcommand takes.
@@ -20,6 +22,13 @@ void add_model_options(CLI::App& app, model_options& options);
 std::string resolve_model_path(const model_options& options);
 // Applies --threads to OpenMP and BLAS.
 void apply_threads(const model_options& options);
+
+// --kv-type (f32 | f16 | q8_0, default f16) into kv_type.
+void add_kv_type_option(CLI::App& app, std::string& kv_type);
+// --prefill (int8 | f32; the default is prefill's value) into prefill: how prompt chunks go through the linear
+// layers (linear_rows::quantized or automatic).
+void add_prefill_option(CLI::App& app, std::string& prefill);
+linear_rows parse_prefill(const std::string& prefill);
 
 double peak_rss_mb();
 

@@ -582,15 +582,21 @@ void forward_integer(std::span<const linear* const> w, const float* x, std::span
   thread_local std::vector<q8k_activations> q8k_storage;
   integer_activations act;
   act.n_x = n_rows;
+  // Prompt chunks quantize their rows on all threads; a decode step's few rows are not worth a
+  // parallel region.
   if (want_q8) {
     q8_storage.resize(n_rows);
-    for (int64_t r = 0; r < n_rows; ++r) quantize_activations(x + r * n_in, n_in, q8_storage[r]);
-    act.q8 = q8_storage.data();
+    q8_activations* q8 = q8_storage.data();
+#pragma omp parallel for schedule(static) num_threads(g_threads) if (n_rows >= 32)
+    for (int64_t r = 0; r < n_rows; ++r) quantize_activations(x + r * n_in, n_in, q8[r]);
+    act.q8 = q8;
   }
   if (want_q8k) {
     q8k_storage.resize(n_rows);
-    for (int64_t r = 0; r < n_rows; ++r) quantize_q8k(x + r * n_in, n_in, q8k_storage[r]);
-    act.q8k = q8k_storage.data();
+    q8k_activations* q8k = q8k_storage.data();
+#pragma omp parallel for schedule(static) num_threads(g_threads) if (n_rows >= 32)
+    for (int64_t r = 0; r < n_rows; ++r) quantize_q8k(x + r * n_in, n_in, q8k[r]);
+    act.q8k = q8k;
   }
   int64_t first[5] = {0};  // first output unit of each weight in the joint range
   for (size_t i = 0; i < w.size(); ++i) first[i + 1] = first[i] + n_units(*w[i]);
@@ -677,8 +683,10 @@ void linear_forward(const linear& w, const float* x, float* y, int64_t n_rows, l
                     linear_rows rows) {
   ensure_blas_threads();
   const int64_t n_out = w.n_out;
-  const bool per_row = rows == linear_rows::independent || n_rows < k_sgemm_min_rows;
-  if (per_row && integer_format(w) != activation_format::none) {
+  const bool integer = integer_format(w) != activation_format::none;
+  const bool per_row =
+      rows == linear_rows::independent || n_rows < k_sgemm_min_rows || (rows == linear_rows::quantized && integer);
+  if (per_row && integer) {
     // Decode: activations to 8 bits once, then integer dot products (as llama.cpp does).
     const linear* ws[1] = {&w};
     float* ys[1] = {y};
@@ -724,7 +732,7 @@ void linear_forward(const linear& w, const float* x, float* y, int64_t n_rows, l
 void linear_forward_multi(std::span<const linear* const> w, const float* x, std::span<float* const> y,
                           int64_t n_rows, linear_scratch& scratch, linear_rows rows) {
   if (w.size() != y.size()) fail("linear_forward_multi: {} weights but {} outputs", w.size(), y.size());
-  bool fused = (rows == linear_rows::independent || n_rows < k_sgemm_min_rows) && !w.empty() && w.size() <= 4;
+  bool fused = (rows != linear_rows::automatic || n_rows < k_sgemm_min_rows) && !w.empty() && w.size() <= 4;
   for (const linear* wi : w) {
     fused = fused && integer_format(*wi) != activation_format::none && wi->n_in == w[0]->n_in;
   }

@@ -56,7 +56,13 @@ inline constexpr int64_t k_sgemm_min_rows = 8;
 // independent: every row is computed as if it were alone (the decode path at any row count), so a
 // row's result does not depend on the other rows: batched decode of several sequences gives each
 // the bits it would get alone, and the weights are still read once for all rows.
-enum class linear_rows { automatic, independent };
+// quantized: the integer kernels (activations quantized to 8 bits, as llama.cpp multiplies
+// prompts) at any row count where the weight's type has them, so each row's bits are the ones
+// `independent` gives; weights without an integer kernel (f32, f16) take the automatic path.
+// On SmolLM2 (AMD EPYC, 2 threads) prompt chunks of 512 run about 20% faster than through sgemm
+// and perplexity moves by +0.27% (gitcore-tutorial, ctx 1024, 4 windows: 14.269 -> 14.308); the
+// measuring tools keep automatic, whose prefill is exact to float rounding.
+enum class linear_rows { automatic, independent, quantized };
 
 // y[n_rows, n_out] = x[n_rows, n_in] * W^T. Uses the OpenMP thread count of the caller's team.
 void linear_forward(const linear& w, const float* x, float* y, int64_t n_rows, linear_scratch& scratch,

@@ -60,6 +60,10 @@ struct session_options {
   int n_ctx = 0;       // positions this session may reach; 0 = the model's trained context
   int n_batch = 256;   // prefill chunk size
   kv_type kv = kv_type::f16;  // element type of stored keys and values
+  // How prompt chunks go through the linear layers: automatic (f32 sgemm over dequantized
+  // weights, exact to float rounding: perplexity, bench, collect) or quantized (8-bit activations
+  // and the integer kernels decode uses, as llama.cpp: generate, chat, serve). See linear_rows.
+  linear_rows prefill = linear_rows::automatic;
 };
 
 class session {
@@ -110,6 +114,7 @@ class session {
   const model& model_;
   int n_ctx_;
   int n_batch_;
+  linear_rows prefill_rows_;
   int n_past_ = 0;
   kv_cache cache_;
   observer* observer_ = nullptr;

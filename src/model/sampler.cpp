@@ -35,13 +35,28 @@ sampler::sampler(sampler_params params) : params_(params), rng_(params.seed) {}
 int32_t sampler::sample(std::span<const float> logits) {
   if (params_.temperature <= 0.0f) return argmax(logits);
   candidates_.clear();
-  for (size_t i = 0; i < logits.size(); ++i) candidates_.emplace_back(logits[i], static_cast<int32_t>(i));
+  // Candidates in order of logit, ties by token id (a strict order, so top-k is one set).
   auto by_logit = [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); };
-  size_t n = candidates_.size();
+  size_t n = logits.size();
   if (params_.top_k > 0 && static_cast<size_t>(params_.top_k) < n) {
+    // The k best in one pass: a heap whose top is the worst kept; most tokens lose to it at the
+    // first comparison (a full vocabulary of pairs is not built or sorted: serve samples every
+    // slot's token on the scheduler's thread).
     n = params_.top_k;
-    std::partial_sort(candidates_.begin(), candidates_.begin() + n, candidates_.end(), by_logit);
+    for (size_t i = 0; i < logits.size(); ++i) {
+      const std::pair<float, int32_t> c(logits[i], static_cast<int32_t>(i));
+      if (candidates_.size() < n) {
+        candidates_.push_back(c);
+        std::push_heap(candidates_.begin(), candidates_.end(), by_logit);
+      } else if (by_logit(c, candidates_.front())) {
+        std::pop_heap(candidates_.begin(), candidates_.end(), by_logit);
+        candidates_.back() = c;
+        std::push_heap(candidates_.begin(), candidates_.end(), by_logit);
+      }
+    }
+    std::sort_heap(candidates_.begin(), candidates_.end(), by_logit);
   } else {
+    for (size_t i = 0; i < logits.size(); ++i) candidates_.emplace_back(logits[i], static_cast<int32_t>(i));
     std::sort(candidates_.begin(), candidates_.end(), by_logit);
   }
   // Softmax at the temperature over the top-k, in double for a stable nucleus cut.

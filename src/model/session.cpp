@@ -13,6 +13,7 @@ session::session(const model& m, session_options options)
     : model_(m),
       n_ctx_(options.n_ctx > 0 ? options.n_ctx : m.config().n_ctx_train),
       n_batch_(std::max(1, options.n_batch)),
+      prefill_rows_(options.prefill),
       cache_(m.config().n_layer, m.config().n_kv_head, m.config().d_head, options.kv),
       recall_(m.config().n_layer) {}
 
@@ -48,7 +49,7 @@ std::span<const float> session::step(std::span<const int32_t> tokens, logits_mod
   forward::begin(model_, tokens, pos.data(), a_);
   const bool keep_pre = cache_.keep_pre_rope();
   for (int il = 0; il < c.n_layer; ++il) {
-    forward::layer(model_, il, n, observer_ || keep_pre, linear_rows::automatic, a_, [&] {
+    forward::layer(model_, il, n, observer_ || keep_pre, prefill_rows_, a_, [&] {
       cache_.append(il, a_.k.data(), a_.v.data(), pos.data(), n, keep_pre ? a_.k_pre.data() : nullptr);
       attention(il, n, pos.data());
     });
@@ -59,7 +60,7 @@ std::span<const float> session::step(std::span<const int32_t> tokens, logits_mod
   if (mode != logits_mode::none) {
     const int first = mode == logits_mode::all ? 0 : n - 1;
     out = forward::logits(model_, a_.x.data() + static_cast<size_t>(first) * c.n_embd, n - first,
-                          linear_rows::automatic, a_);
+                          prefill_rows_, a_);
   }
   if (hook_) hook_->on_step(cache_, pos);
   return out;

@@ -29,6 +29,7 @@ struct scheduler::slot {
   std::unique_ptr<session> s;
   std::unique_ptr<policy_runner> runner;
   std::string policy_key;         // policy of the tokens in the cache
+  nlohmann::json policy_json;     // the same, parsed once for /slots
   std::vector<int32_t> cached;    // [n_past] tokens stepped into s
   uint64_t last_used = 0;
 
@@ -55,7 +56,7 @@ scheduler::scheduler(const model& m, std::shared_ptr<const gate_bank> gates, sch
   for (int i = 0; i < options_.n_parallel; ++i) {
     auto sl = std::make_unique<slot>();
     sl->id = i;
-    sl->s = std::make_unique<session>(m, session_options{.n_ctx = options_.n_ctx, .n_batch = options_.n_batch});
+    sl->s = std::make_unique<session>(m, session_options{.n_ctx = options_.n_ctx, .n_batch = options_.n_batch, .prefill = options_.prefill});
     slots_.push_back(std::move(sl));
   }
   options_.n_ctx = slots_.empty() ? options_.n_ctx : slots_[0]->s->n_ctx();
@@ -179,6 +180,7 @@ bool scheduler::admit_locked() {
       sl.runner = make_policy(t->req.policy.config, model_.config(), gates_);
       sl.runner->attach(*sl.s);
       sl.policy_key = t->req.policy.key;
+      sl.policy_json = sl.policy_key.empty() ? nlohmann::json() : nlohmann::json::parse(sl.policy_key);
       sl.n_prompt_done = 0;
     }
     sl.n_reused = static_cast<int>(sl.n_prompt_done);
@@ -256,7 +258,7 @@ void scheduler::run() {
                        {"n_ctx", sp->s->n_ctx()},
                        {"n_past", sp->s->n_past()},
                        {"kv_bytes", sp->s->cache().bytes_total()},
-                       {"kv_policy", sp->policy_key.empty() ? nlohmann::json() : nlohmann::json::parse(sp->policy_key)}});
+                       {"kv_policy", sp->policy_json}});
     }
     metrics_.kv_bytes = bytes;
     metrics_.kv_reserved = reserved;
@@ -291,7 +293,7 @@ void scheduler::prefill_chunks(const std::vector<slot*>& slots) {
     if (ends) last.push_back(sl);
   }
   try {
-    const std::span<const float> out = decoder_.step(segments, linear_rows::automatic);
+    const std::span<const float> out = decoder_.step(segments, options_.prefill);
     const size_t n_vocab = model_.config().n_vocab;
     const auto now = steady::now();
     for (size_t b = 0; b < slots.size(); ++b) {

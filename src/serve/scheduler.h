@@ -60,6 +60,7 @@ struct scheduler_options {
   int n_queue = 32;           // waiting requests beyond the slots; more -> 429
   int n_ctx = 0;              // positions per slot
   int n_batch = 256;          // prefill chunk
+  linear_rows prefill = linear_rows::quantized;  // prompt math (--prefill int8; f32: automatic)
   size_t kv_memory_bytes = 0; // 0: unbounded
 };
 
