@@ -416,6 +416,15 @@ TEST(gate_trainer, same_seed_gives_identical_parameters) {
     return bank.params();
   };
   const std::vector<float> a = run(2, 42), b = run(2, 42), c = run(1, 42), e = run(2, 43);
+  // Calibration is reported as fitted only when it was (a pooled budget relies on it).
+  for (const bool calibrate : {true, false}) {
+    gate_bank bank(small_meta(1, 3, d), 1);
+    gate_train_options oo = o;
+    oo.calibrate = calibrate;
+    for (const gate_head_result& hr : train_gates(bank, data.train, data.val, oo).heads) {
+      EXPECT_EQ(hr.calibrated, calibrate);
+    }
+  }
   ASSERT_EQ(a.size(), b.size());
   EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
   EXPECT_EQ(0, std::memcmp(a.data(), c.data(), a.size() * sizeof(float))) << "thread count changed the result";

@@ -267,7 +267,8 @@ void register_train(CLI::App& app) {
                                   {"n_train_pos", hr.n_train_pos}, {"n_val", hr.n_val},
                                   {"n_val_pos", hr.n_val_pos}};
       if (lifetime) j["val_accuracy"] = hr.val_accuracy;
-      else j["calibration"] = {hr.calib_scale, hr.calib_bias};
+      // Only a fitted scaling: a pooled budget refuses gates whose heads lack one.
+      else if (hr.calibrated) j["calibration"] = {hr.calib_scale, hr.calib_bias};
       heads.push_back(j);
       if (!std::isnan(hr.val_auc)) aucs.push_back(hr.val_auc);
       if (!std::isnan(hr.val_loss)) losses.push_back(hr.val_loss);

@@ -526,6 +526,7 @@ gate_train_result train_gates(gate_bank& bank, std::span<const gate_examples> tr
       ph.b3[0] = a * ph.b3[0] + b;
       result.heads[h].calib_scale = a;
       result.heads[h].calib_bias = b;
+      result.heads[h].calibrated = true;
       ev = evaluate_head(p, dims, h, heads[h], lifetime);
     }
     gate_head_result& hr = result.heads[h];

@@ -94,6 +94,7 @@ struct gate_head_result {
                                // expected bucket against the 0/1 label, when labels are given
   float val_accuracy = 0;      // lifetime: share of validation rows whose argmax is the bucket
   float calib_scale = 1, calib_bias = 0;  // binary: Platt scaling folded into the last layer
+  bool calibrated = false;     // binary: the scaling above was fitted (calibrate on, validation data)
   int64_t n_train = 0, n_train_pos = 0, n_val = 0, n_val_pos = 0;  // pos: label 1 (binary)
 };
 
