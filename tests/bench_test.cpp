@@ -116,7 +116,7 @@ TEST(bench, end_to_end_figures_agree_with_perplexity_and_the_budgets) {
   const std::string out = test::temp_dir() + "/report";
   const std::string common = " --model " + test::default_model_path() + " --threads 2";
   const run_result r = run("bench" + common + " --corpus " + corpus + " --out " + out +
-                           " --ctx 256 --batch 32 --windows 1 --window 32 --shares 0.5 --baselines streaming,h2o "
+                           " --ctx 256 --batch 32 --windows 1 --window 32 --shares 0.5 --baselines streaming,h2o,snapkv "
                            "--needle-cases 2 --matched-share 0.5 --retrieval-ctx 512 --retrieval-cases 1 --tasks niah_single");
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_NE(r.out.find("index.html"), std::string::npos) << r.out;
@@ -126,7 +126,7 @@ TEST(bench, end_to_end_figures_agree_with_perplexity_and_the_budgets) {
   }
   const auto report = nlohmann::json::parse(std::ifstream(out + "/report.json"));
   const auto& rows = report["rows"];
-  ASSERT_EQ(rows.size(), 3u);
+  ASSERT_EQ(rows.size(), 5u);  // full, streaming, h2o, snapkv, snapkv-ctx
   const std::string window_file = report["quality_windows"][0];
 
   // The full cache: what `kvgate perplexity` gives for the same window and chunks.
@@ -136,7 +136,7 @@ TEST(bench, end_to_end_figures_agree_with_perplexity_and_the_budgets) {
   EXPECT_NEAR(rows[0]["quality"]["ppl"].get<double>(), ppl_full, 1e-4 * ppl_full);
   EXPECT_EQ(rows[0]["quality"]["kl"], 0.0);
 
-  for (int i = 1; i < 3; ++i) {
+  for (int i = 1; i < 5; ++i) {
     const auto& q = rows[i]["quality"];
     const std::string policy = rows[i]["policy"];
     // Budget 128 - 4 - 32 = 92: sinks + window + budget slots of every head at the end.
@@ -155,11 +155,15 @@ TEST(bench, end_to_end_figures_agree_with_perplexity_and_the_budgets) {
     EXPECT_EQ(rows[i]["needle"]["n_cases"], 2) << policy;
   }
   EXPECT_EQ(rows[0]["needle"]["n_cases"], 2);
+  // snapkv-ctx hides only a question, and the quality windows have none: its quality figures are
+  // its twin's (measured once), while its needle pass is its own.
+  EXPECT_EQ(rows[4]["curve"], "snapkv-ctx");
+  EXPECT_EQ(rows[4]["quality"], rows[3]["quality"]);
   // The retrieval suite where the needle pass ran: the full cache and each policy at its share.
   const auto& runs = report["retrieval"]["runs"];
-  ASSERT_EQ(runs.size(), 3u);
+  ASSERT_EQ(runs.size(), 5u);
   EXPECT_EQ(runs[0]["curve"], "full");
-  for (int i = 1; i < 3; ++i) EXPECT_NEAR(runs[i]["kv_share_final"].get<double>(), 0.5, 0.05) << runs[i]["curve"];
+  for (int i = 1; i < 5; ++i) EXPECT_NEAR(runs[i]["kv_share_final"].get<double>(), 0.5, 0.05) << runs[i]["curve"];
   EXPECT_TRUE(fs::exists(out + "/retrieval.png"));
 }
 

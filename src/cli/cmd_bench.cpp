@@ -152,7 +152,9 @@ void register_bench(CLI::App& app) {
     stopwatch clock;
     // Work units: a quality window of one configuration, or one needle or retrieval case (about
     // as long). The needle and retrieval passes run one configuration per curve.
-    const double quality_units = static_cast<double>(in.windows.size()) * (configs.size() + 1);
+    size_t n_twins = 0;  // snapkv-ctx rows take their twin's quality figures (below)
+    for (const auto& c : configs) n_twins += c.question_outside;
+    const double quality_units = static_cast<double>(in.windows.size()) * (configs.size() - n_twins + 1);
     const double total_units =
         quality_units + static_cast<double>(curves.size()) * (in.cases.size() + in.retrieval_cases.size()) +
         static_cast<double>(retrieval_configs.size()) * in.retrieval_cases.size();
@@ -166,13 +168,28 @@ void register_bench(CLI::App& app) {
     };
 
     if (run_quality) {
+      // A configuration that hides the question from its scorer (snapkv-ctx) scores the quality
+      // windows, which hold no question, exactly as its twin does: it is not run twice.
+      std::vector<eval::bench_config> measured;
+      std::vector<size_t> source(configs.size());
+      for (size_t i = 0; i < configs.size(); ++i) {
+        const eval::bench_config& c = configs[i];
+        source[i] = measured.size();
+        if (c.question_outside) {
+          for (size_t k = 0; k < i; ++k) {
+            const eval::bench_config& twin = configs[k];
+            if (!twin.question_outside && twin.curve + "-ctx" == c.curve && twin.knob == c.knob) source[i] = source[k];
+          }
+        }
+        if (source[i] == measured.size()) measured.push_back(c);
+      }
       const std::vector<eval::quality_result> quality =
-          eval::run_quality(*m, gates, configs, in.windows, b.batch, progress);
+          eval::run_quality(*m, gates, measured, in.windows, b.batch, progress);
       units_before = quality_units;
       for (size_t i = 0; i < configs.size(); ++i) {
         eval::bench_row row;
         row.config = configs[i];
-        row.quality = quality[i];
+        row.quality = quality[source[i]];
         in.rows.push_back(std::move(row));
       }
     }
