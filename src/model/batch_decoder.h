@@ -6,7 +6,9 @@
 // Decode batches (one token per session) give each session bit for bit the logits its own
 // session::step would give: the linear layers compute every row as if it were alone
 // (linear_rows::independent), so a reply does not depend on which other requests share its
-// steps. Prefill batches (linear_rows::automatic) take the sgemm path for all their rows at once.
+// steps. Prefill batches take the path their caller asks for: sgemm for all their rows at once
+// (linear_rows::automatic) or the integer kernels (quantized, serve's default), where each row
+// again gets the bits it would get alone.
 #pragma once
 
 #include <cstdint>
