@@ -65,7 +65,7 @@ class chat_wrapper {
 
 // The tokens run for one document and where the label sources' queries sit in them: the
 // context (the window, chat-wrapped or not; with `answer`, the window's text cut short with facts
-// inserted and a question after it), then the answer's tokens (answer), then the repeat
+// inserted), then the question and the answer's tokens (answer), then the repeat
 // instruction and the context again (reconstruct).
 class run_builder {
  public:
@@ -105,25 +105,25 @@ class run_builder {
     for (int attempt = 0; attempt < 8; ++attempt) {
       const std::string text = vocab_.decode(std::span<const int32_t>(window.data(), static_cast<size_t>(keep)));
       const answer_document d = make_answer_document(text, splitmix64(seed_ ^ 0x616e73776572ull) ^ static_cast<uint64_t>(doc));
-      const std::string body = d.context + "\n\n" + d.question;
-      run_.clear();
-      if (chat) {
-        run_ = chat_.prefix();
-        const std::vector<int32_t> b = vocab_.encode(body, false);
-        run_.insert(run_.end(), b.begin(), b.end());
-        run_.insert(run_.end(), chat_.suffix().begin(), chat_.suffix().end());
-      } else {
-        run_ = vocab_.encode(body + "\n", false);
-      }
+      // The context ends before the question: the question's tokens query too (they find the
+      // facts' keys, the answer's tokens their values), and they are not labelled.
+      const std::vector<int32_t> context = vocab_.encode(d.context + "\n\n", false);
+      const std::vector<int32_t> question = vocab_.encode(chat ? d.question : d.question + "\n", false);
       const std::vector<int32_t> answer = vocab_.encode(d.answer, false);
+      run_.clear();
+      if (chat) run_ = chat_.prefix();
+      run_.insert(run_.end(), context.begin(), context.end());
+      const int n_context = static_cast<int>(run_.size());
+      run_.insert(run_.end(), question.begin(), question.end());
+      if (chat) run_.insert(run_.end(), chat_.suffix().begin(), chat_.suffix().end());
       const int excess = static_cast<int>(run_.size() + answer.size()) - ctx_;
       if (excess > 0) {
         if (keep <= 16) break;
         keep = std::max(16, keep - excess - 16);
         continue;
       }
-      regions.n_context = static_cast<int>(run_.size());
-      regions.answer_begin = regions.n_context;
+      regions.n_context = n_context;
+      regions.answer_begin = n_context;
       run_.insert(run_.end(), answer.begin(), answer.end());
       regions.answer_end = static_cast<int>(run_.size());
       return;

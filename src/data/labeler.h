@@ -54,7 +54,7 @@ label_range labelled_range(int n_tokens, const label_params& p);
 struct label_regions {
   int n_context = 0;                     // context tokens (the rest of the run is queries only)
   int copy_begin = 0, copy_end = 0;      // reconstruct: the teacher-forced copy of the context
-  int answer_begin = 0, answer_end = 0;  // answer: the queries of the answer's tokens
+  int answer_begin = 0, answer_end = 0;  // answer: the queries of the question and the answer
 };
 
 class labeler;
