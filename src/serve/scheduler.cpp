@@ -350,7 +350,8 @@ void scheduler::stepped(slot& sl, std::span<const float> logits) {
 void scheduler::shrink_reservation(slot& sl) {
   const task& t = *sl.t;
   if (!options_.kv_memory_bytes || t.req.policy.config.mode == select_mode::budget) return;
-  const size_t to_come = (t.req.prompt.size() - sl.n_prompt_done) + (t.req.n_predict - sl.cursor.result.ids.size());
+  const int64_t to_predict = std::max<int64_t>(0, int64_t{t.req.n_predict} - static_cast<int64_t>(sl.cursor.result.ids.size()));
+  const size_t to_come = (t.req.prompt.size() - sl.n_prompt_done) + static_cast<size_t>(to_predict);
   const size_t bound = sl.s->cache().bytes_total() + to_come * sl.bytes_per_position;
   sl.reserved = std::min(sl.reserved, bound);
 }
