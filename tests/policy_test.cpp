@@ -522,6 +522,28 @@ TEST(policy, attach_replaces_the_observer_of_a_previous_snapkv_runner) {
                error);
 }
 
+TEST(policy, snapkv_rings_count_in_the_kv_bytes) {
+  // snapkv keeps 64 weights per live slot and head beside the cache: with the same budget as h2o
+  // (so the same slots at every step), its peak bytes are h2o's plus exactly that per slot.
+  const model& m = tiny_model();
+  std::vector<size_t> peak, slots;
+  for (policy_kind kind : {policy_kind::h2o, policy_kind::snapkv}) {
+    auto runner = make_policy(make_config(kind, select_mode::budget), m.config());
+    session s(m, {.n_ctx = k_ctx, .n_batch = 16});
+    s.cache().set_compact_fraction(0.0);  // no holes: the rings cover exactly the live slots
+    runner->attach(s);
+    s.prefill(random_tokens(60, 8));
+    EXPECT_GT(runner->stats().n_evicted, 0);
+    peak.push_back(runner->stats().bytes_peak);
+    slots.push_back(runner->stats().slots_peak);
+    if (kind == policy_kind::h2o) EXPECT_EQ(runner->state_bytes(), 0u);
+    else EXPECT_GT(runner->state_bytes(), 0u);
+  }
+  ASSERT_EQ(slots[0], slots[1]);
+  EXPECT_EQ(scorer_bytes_per_slot(policy_kind::snapkv), sizeof(int32_t) + k_snapkv_queries * sizeof(float));
+  EXPECT_EQ(peak[1], peak[0] + slots[1] * scorer_bytes_per_slot(policy_kind::snapkv));
+}
+
 class learned_keys : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(learned_keys, gates_score_blocks_of_candidates_and_threshold_keeps_exactly_those_above) {

@@ -155,7 +155,7 @@ void register_chat(CLI::App& app) {
           {"stop", stop},
           {"n_past", s.n_past()},
           {"kv_slots", s.cache().n_live_total()},
-          {"kv_bytes", s.cache().bytes_total()},
+          {"kv_bytes", s.cache().bytes_total() + policy->state_bytes()},
       };
       // The policy's figures are over the conversation so far (all turns).
       add_policy_stats_json(summary, *policy);

@@ -105,7 +105,7 @@ void register_generate(CLI::App& app) {
         {"decode_tok_s", n_decoded / std::max(decode_s, 1e-9)},
         {"stop", stop},
         {"kv_slots", s.cache().n_live_total()},
-        {"kv_bytes", s.cache().bytes_total()},
+        {"kv_bytes", s.cache().bytes_total() + policy->state_bytes()},
         {"kv_type", kv_type_name(s.cache().type())},
         {"prefill", o->prefill},
         {"threads", compute_threads()},

@@ -352,7 +352,7 @@ std::vector<quality_result> run_quality(const model& m, std::shared_ptr<const ga
       const policy_stats& ps = runner->stats();
       a.share_final += kv_share_live(s.cache(), ctx);
       a.share_mean += ps.kv_share_mean();
-      a.bytes_final += static_cast<double>(s.cache().bytes_total());
+      a.bytes_final += static_cast<double>(s.cache().bytes_total() + runner->state_bytes());
       quality_result& r = results[ic];
       r.share_peak = std::max(r.share_peak, ps.kv_share_peak());
       r.bytes_peak = std::max(r.bytes_peak, ps.bytes_peak);

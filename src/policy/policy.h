@@ -171,7 +171,14 @@ class scorer {
   // Writes kv_head::score[j] (higher = more worth keeping) for every slot j in ranges[head] of
   // every head: one call per step for the whole cache.
   virtual void score(kv_cache& cache, const score_request& request) = 0;
+  // Bytes the scorer keeps beside the cache for its slots (snapkv's rings; 0 for the others).
+  // Every KV memory figure counts them with the cache's own.
+  virtual size_t bytes() const { return 0; }
 };
+
+// The most bytes a policy's scorer keeps per slot of a head (see scorer::bytes): a server's
+// reservation adds them to kv_cache::bytes_per_slot.
+size_t scorer_bytes_per_slot(policy_kind kind);
 
 // The scorer of a policy (null for `full`). `learned` needs the gate bank (already checked
 // against the model with check_matches); the others ignore it.
@@ -192,7 +199,7 @@ struct policy_stats {
   double share_token_sum = 0.0;  // sum over steps of n_tok * (live slots / full slots) after eviction
   size_t slots_peak = 0;         // most live slots held (measured as a step ends, before eviction)
   size_t slots_full_peak = 0;    // most slots a full cache would have held (n_heads * n_past)
-  size_t bytes_peak = 0;         // most bytes held (kv_cache::bytes_total, before eviction)
+  size_t bytes_peak = 0;         // most bytes held (kv_cache::bytes_total plus the scorer's, before eviction)
   double score_s = 0.0;          // time inside the scorer (the gate bank for `learned`)
   double step_s = 0.0;           // time inside on_step, scoring included
   int64_t n_score_calls = 0;
@@ -221,6 +228,8 @@ class policy_runner final : public step_hook {
   const policy_config& config() const { return config_; }
   const policy_stats& stats() const { return stats_; }
   scorer* get_scorer() const { return scorer_.get(); }
+  // The scorer's bytes beside the cache (scorer::bytes); add to kv_cache::bytes_total.
+  size_t state_bytes() const { return scorer_ ? scorer_->bytes() : 0; }
   // Candidates at positions <= scored_until() have been scored (and, in threshold mode, decided).
   int32_t scored_until() const { return scored_until_; }
 

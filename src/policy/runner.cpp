@@ -87,7 +87,7 @@ void policy_runner::on_step(kv_cache& cache, std::span<const int32_t> step_posit
 
   // The step has appended its tokens and not evicted yet: the most this step held.
   stats_.slots_peak = std::max(stats_.slots_peak, cache.n_live_total());
-  stats_.bytes_peak = std::max(stats_.bytes_peak, cache.bytes_total());
+  stats_.bytes_peak = std::max(stats_.bytes_peak, cache.bytes_total() + state_bytes());
   stats_.slots_full_peak = std::max(stats_.slots_full_peak, n_full);
 
   if (config_.mode != select_mode::keep_all) select_and_evict(cache, t_last);

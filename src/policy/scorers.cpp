@@ -187,6 +187,12 @@ class snapkv_scorer final : public scorer, public observer {
     if (obs.il == 0) n_observed_ += t_end - t_first;
   }
 
+  size_t bytes() const override {
+    size_t n = 0;
+    for (const ring& r : rings_) n += r.pos.size() * sizeof(int32_t) + r.w.size() * sizeof(float);
+    return n;
+  }
+
   void score(kv_cache& cache, const score_request& req) override {
     const float inv_queries = 1.0f / static_cast<float>(std::clamp<int64_t>(n_observed_, 1, k_snapkv_queries));
     const int half = k_snapkv_pool / 2;
@@ -434,6 +440,10 @@ const policy_row& policy_row_of(policy_kind kind) {
   for (const policy_row& row : k_policy_table)
     if (row.kind == kind) return row;
   fail("policy {} has no row in the policy table", static_cast<int>(kind));
+}
+
+size_t scorer_bytes_per_slot(policy_kind kind) {
+  return kind == policy_kind::snapkv ? sizeof(int32_t) + k_snapkv_queries * sizeof(float) : 0;
 }
 
 std::string policy_names() {

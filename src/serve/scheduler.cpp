@@ -76,13 +76,22 @@ void scheduler::shutdown() {
   if (thread_.joinable()) thread_.join();
 }
 
+size_t scheduler::held_bytes(const slot& sl) {
+  return sl.s->cache().bytes_total() + (sl.runner ? sl.runner->state_bytes() : 0);
+}
+
+size_t scheduler::position_bytes(policy_kind kind) const {
+  const model_config& c = model_.config();
+  return bytes_per_position_ + static_cast<size_t>(c.n_layer) * c.n_kv_head * scorer_bytes_per_slot(kind);
+}
+
 size_t scheduler::reservation(const completion_request& req) const {
   const policy_config& c = req.policy.config;
   size_t n = req.prompt.size() + static_cast<size_t>(req.n_predict);
   if (c.mode == select_mode::budget) {
     n = std::min(n, static_cast<size_t>(c.sinks + c.window + c.budget + options_.n_batch));
   }
-  return n * bytes_per_position_;
+  return n * position_bytes(c.kind);
 }
 
 void scheduler::submit(const std::shared_ptr<task>& t) {
@@ -149,7 +158,7 @@ bool scheduler::admit_locked() {
         size_t u = 0;
         for (auto& sp : slots_) {
           if (sp->t) u += sp->reserved;
-          else if (sp.get() != best) u += sp->s->cache().bytes_total();
+          else if (sp.get() != best) u += held_bytes(*sp);
         }
         return u;
       };
@@ -170,7 +179,7 @@ bool scheduler::admit_locked() {
     slot& sl = *best;
     sl.t = t;
     sl.reserved = need;
-    sl.bytes_per_position = bytes_per_position_;
+    sl.bytes_per_position = position_bytes(t->req.policy.config.kind);
     sl.last_used = ++clock_;
     if (reuse) {
       sl.n_prompt_done = sl.cached.size();
@@ -248,7 +257,8 @@ void scheduler::run() {
     int64_t n_active = 0;
     nlohmann::json slots = nlohmann::json::array();
     for (auto& sp : slots_) {
-      bytes += sp->s->cache().bytes_total();
+      const size_t slot_bytes = held_bytes(*sp);
+      bytes += slot_bytes;
       if (sp->t) {
         reserved += sp->reserved;
         ++n_active;
@@ -257,7 +267,7 @@ void scheduler::run() {
                        {"is_processing", sp->t != nullptr},
                        {"n_ctx", sp->s->n_ctx()},
                        {"n_past", sp->s->n_past()},
-                       {"kv_bytes", sp->s->cache().bytes_total()},
+                       {"kv_bytes", slot_bytes},
                        {"kv_policy", sp->policy_json}});
     }
     metrics_.kv_bytes = bytes;
@@ -352,7 +362,7 @@ void scheduler::shrink_reservation(slot& sl) {
   if (!options_.kv_memory_bytes || t.req.policy.config.mode == select_mode::budget) return;
   const int64_t to_predict = std::max<int64_t>(0, int64_t{t.req.n_predict} - static_cast<int64_t>(sl.cursor.result.ids.size()));
   const size_t to_come = (t.req.prompt.size() - sl.n_prompt_done) + static_cast<size_t>(to_predict);
-  const size_t bound = sl.s->cache().bytes_total() + to_come * sl.bytes_per_position;
+  const size_t bound = held_bytes(sl) + to_come * sl.bytes_per_position;
   sl.reserved = std::min(sl.reserved, bound);
 }
 
@@ -396,7 +406,7 @@ void scheduler::finish(slot& sl, const std::string& reason, const std::string& e
   f["kv"] = {{"slots_kept", cache.n_live_total()},
              {"slots_full", n_full},
              {"share_kept", static_cast<double>(cache.n_live_total()) / n_full},
-             {"bytes", cache.bytes_total()},
+             {"bytes", held_bytes(sl)},
              {"bytes_full", n_full * kv_cache::bytes_per_slot(mc.d_head)},
              {"n_past", sl.s->n_past()},
              {"evicted", sl.runner->stats().n_evicted - sl.n_evicted_before}};

@@ -91,9 +91,13 @@ class scheduler {
   int n_ctx() const { return options_.n_ctx; }  // positions of one slot
   // Bytes a task reserves when admitted (see the header comment).
   size_t reservation(const completion_request& req) const;
+  // One position in every head under a policy: the cache's slot and its scorer's (snapkv).
+  size_t position_bytes(policy_kind kind) const;
 
  private:
   struct slot;
+  // KV bytes a slot holds: its cache and what its policy's scorer keeps beside it.
+  static size_t held_bytes(const slot& sl);
   void run();
   bool admit_locked();
   void prefill_chunks(const std::vector<slot*>& slots);  // the next prompt chunk of each, as one batch
