@@ -54,8 +54,12 @@ TEST(bench, configurations_cover_every_policy_at_budgets_matching_the_shares) {
     if (c.curve == "snapkv-ctx") {
       EXPECT_EQ(c.policy.kind, policy_kind::snapkv);
     }
-    // The question-outside variant stops observing at the question; the others never do.
-    EXPECT_EQ(eval::policy_for_prompt(c, 1500).observe_end, c.question_outside ? 1500 : -1) << c.curve;
+    // The question-outside variant stops observing at the question; the others never do. Both
+    // snapkv curves evict a prompt once, at its last token; the others after every chunk.
+    const policy_config p = eval::policy_for_prompt(c, 1500, 2000);
+    EXPECT_EQ(p.observe_end, c.question_outside ? 1500 : -1) << c.curve;
+    EXPECT_EQ(c.evict_once, c.policy.kind == policy_kind::snapkv) << c.curve;
+    EXPECT_EQ(p.evict_from, c.evict_once ? 1999 : -1) << c.curve;
   }
   EXPECT_EQ(n_outside, 1);
   for (size_t i = 1; i < configs.size(); ++i) {

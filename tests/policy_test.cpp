@@ -544,6 +544,37 @@ TEST(policy, snapkv_rings_count_in_the_kv_bytes) {
   EXPECT_EQ(peak[1], peak[0] + slots[1] * scorer_bytes_per_slot(policy_kind::snapkv));
 }
 
+TEST(policy, evict_from_holds_eviction_until_the_prompt_is_whole) {
+  // A prompt of 60 tokens in chunks of 16 with evict_from 59: nothing goes until the last chunk,
+  // which then leaves every head at sinks + window + budget; decode steps evict as usual.
+  const model& m = tiny_model();
+  const int n_heads = m.config().n_layer * m.config().n_kv_head;
+  policy_config cfg = make_config(policy_kind::h2o, select_mode::budget);
+  cfg.evict_from = 59;
+  auto once = make_policy(cfg, m.config());
+  session s(m, {.n_ctx = k_ctx, .n_batch = 16});
+  once->attach(s);
+  const std::vector<int32_t> prompt = random_tokens(60, 3);
+  s.prefill(std::span<const int32_t>(prompt.data(), 48));
+  EXPECT_EQ(once->stats().n_evicted, 0);
+  EXPECT_EQ(s.cache().n_live_total(), static_cast<size_t>(n_heads) * 48);
+  s.prefill(std::span<const int32_t>(prompt.data() + 48, 12));
+  const size_t kept = static_cast<size_t>(n_heads) * (cfg.sinks + cfg.window + cfg.budget);
+  EXPECT_EQ(s.cache().n_live_total(), kept);
+  EXPECT_EQ(once->stats().slots_peak, static_cast<size_t>(n_heads) * 60);  // the whole prompt was held
+  const int32_t next = 5;
+  s.step(std::span<const int32_t>(&next, 1), logits_mode::last);
+  EXPECT_EQ(s.cache().n_live_total(), kept);
+  // Without it the same prompt never holds more than the budget plus one chunk.
+  cfg.evict_from = -1;
+  auto every = make_policy(cfg, m.config());
+  session t(m, {.n_ctx = k_ctx, .n_batch = 16});
+  every->attach(t);
+  t.prefill(prompt);
+  EXPECT_LT(every->stats().slots_peak, once->stats().slots_peak);
+  EXPECT_EQ(t.cache().n_live_total(), kept);
+}
+
 class learned_keys : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(learned_keys, gates_score_blocks_of_candidates_and_threshold_keeps_exactly_those_above) {

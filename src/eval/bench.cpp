@@ -63,6 +63,7 @@ std::vector<bench_config> bench_configs(const bench_options& o, const gate_meta*
         req.budget = budget_for_share(share, o.ctx, sinks, o.window);
         add(outside ? name + "-ctx" : name, req, *req.budget, "budget");
         configs.back().question_outside = outside;
+        configs.back().evict_once = name == "snapkv";
       }
     }
   }
@@ -97,9 +98,10 @@ int question_prompt_start(const tokenizer& vocab, const std::string& prompt_text
   return static_cast<int>(common);
 }
 
-policy_config policy_for_prompt(const bench_config& config, int question_start) {
+policy_config policy_for_prompt(const bench_config& config, int question_start, int n_prompt) {
   policy_config p = config.policy;
   if (config.question_outside) p.observe_end = question_start;
+  if (config.evict_once) p.evict_from = n_prompt - 1;
   return p;
 }
 
@@ -404,7 +406,8 @@ needle_result run_needle(const model& m, std::shared_ptr<const gate_bank> gates,
   for (size_t i = 0; i < cases.size(); ++i) {
     const needle_case& c = cases[i];
     session s(m, {.n_ctx = static_cast<int>(c.prompt.size() + c.answer_tokens.size()), .n_batch = batch});
-    auto runner = make_policy(policy_for_prompt(config, c.question_start), m.config(), gates);
+    auto runner = make_policy(policy_for_prompt(config, c.question_start, static_cast<int>(c.prompt.size())),
+                              m.config(), gates);
     runner->attach(s);
     const auto t0 = steady::now();
     std::vector<float> last;

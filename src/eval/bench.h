@@ -38,6 +38,10 @@ struct bench_config {
   // (policy_config::observe_end), as kvpress compresses the context before the question comes.
   // The quality pass has no question: there it equals "snapkv".
   bool question_outside = false;
+  // Needle and retrieval prompts are evicted once, when the whole prompt is in (snapkv and
+  // snapkv-ctx, as SnapKV and kvpress compress a prefilled prompt); decoding evicts every step.
+  // The quality windows evict after every chunk as the other policies do.
+  bool evict_once = false;
 };
 
 struct bench_options {
@@ -123,8 +127,9 @@ struct bench_row {
 int question_prompt_start(const tokenizer& vocab, const std::string& prompt_text, size_t question_offset,
                           const std::vector<int32_t>& prompt);
 
-// The configuration's policy for one prompt: question_outside sets observe_end to its question.
-policy_config policy_for_prompt(const bench_config& config, int question_start);
+// The configuration's policy for a prompt of n_prompt tokens: question_outside sets observe_end
+// to its question, evict_once sets evict_from to its last token.
+policy_config policy_for_prompt(const bench_config& config, int question_start, int n_prompt);
 
 // Live (head, token) slots over those of a full cache of n_past positions.
 double kv_share_live(const kv_cache& cache, int n_past);

@@ -279,7 +279,8 @@ retrieval_result run_retrieval(const model& m, std::shared_ptr<const gate_bank> 
   for (size_t i = 0; i < cases.size(); ++i) {
     const retrieval_case& c = cases[i];
     session s(m, {.n_ctx = static_cast<int>(c.prompt.size()) + c.max_new_tokens, .n_batch = batch});
-    auto runner = make_policy(policy_for_prompt(config, c.question_start), m.config(), gates);
+    auto runner = make_policy(policy_for_prompt(config, c.question_start, static_cast<int>(c.prompt.size())),
+                              m.config(), gates);
     runner->attach(s);
     std::vector<float> logits;
     {
