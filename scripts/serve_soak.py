@@ -16,7 +16,8 @@ import time
 
 POLICIES = [None, {"name": "full"}, {"name": "h2o", "budget": 32, "window": 16},
             {"name": "streaming", "window": 32}, {"name": "tova", "budget": 16},
-            {"name": "knorm", "threshold": 0.5}, {"name": "random", "budget": 16, "seed": 3}]
+            {"name": "knorm", "threshold": 0.5}, {"name": "random", "budget": 16, "seed": 3},
+            {"name": "snapkv", "budget": 32, "window": 16}, {"name": "keydiff", "budget": 16}]
 MALFORMED = [b'{"messages": [', b'[]', b'{"messages": "x"}', b'{"prompt": [-1]}', b'{"prompt": "x", "top_p": 7}',
              b'{"prompt": "x", "kv_policy": {"name": "nope"}}', b'\xff\xfe', b'{"prompt": "x", "max_tokens": -9}']
 
