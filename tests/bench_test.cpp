@@ -60,6 +60,7 @@ TEST(bench, configurations_cover_every_policy_at_budgets_matching_the_shares) {
     EXPECT_EQ(p.observe_end, c.question_outside ? 1500 : -1) << c.curve;
     EXPECT_EQ(c.evict_once, c.policy.kind == policy_kind::snapkv) << c.curve;
     EXPECT_EQ(p.evict_from, c.evict_once ? 1999 : -1) << c.curve;
+    EXPECT_EQ(p.evict_until, c.evict_once ? 1999 : -1) << c.curve;
   }
   EXPECT_EQ(n_outside, 1);
   for (size_t i = 1; i < configs.size(); ++i) {

@@ -546,7 +546,8 @@ TEST(policy, snapkv_rings_count_in_the_kv_bytes) {
 
 TEST(policy, evict_from_holds_eviction_until_the_prompt_is_whole) {
   // A prompt of 60 tokens in chunks of 16 with evict_from 59: nothing goes until the last chunk,
-  // which then leaves every head at sinks + window + budget; decode steps evict as usual.
+  // which then leaves every head at sinks + window + budget; decode steps evict as usual, unless
+  // evict_until 59 ends eviction there (the cache then grows by every decoded token).
   const model& m = tiny_model();
   const int n_heads = m.config().n_layer * m.config().n_kv_head;
   policy_config cfg = make_config(policy_kind::h2o, select_mode::budget);
@@ -565,6 +566,16 @@ TEST(policy, evict_from_holds_eviction_until_the_prompt_is_whole) {
   const int32_t next = 5;
   s.step(std::span<const int32_t>(&next, 1), logits_mode::last);
   EXPECT_EQ(s.cache().n_live_total(), kept);
+  // Once: the same prompt, then two decoded tokens that all stay.
+  cfg.evict_until = 59;
+  auto only_once = make_policy(cfg, m.config());
+  session u(m, {.n_ctx = k_ctx, .n_batch = 16});
+  only_once->attach(u);
+  u.prefill(prompt);
+  EXPECT_EQ(u.cache().n_live_total(), kept);
+  for (int i = 0; i < 2; ++i) u.step(std::span<const int32_t>(&next, 1), logits_mode::last);
+  EXPECT_EQ(u.cache().n_live_total(), kept + 2 * static_cast<size_t>(n_heads));
+  cfg.evict_until = -1;
   // Without it the same prompt never holds more than the budget plus one chunk.
   cfg.evict_from = -1;
   auto every = make_policy(cfg, m.config());

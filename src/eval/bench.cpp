@@ -101,7 +101,7 @@ int question_prompt_start(const tokenizer& vocab, const std::string& prompt_text
 policy_config policy_for_prompt(const bench_config& config, int question_start, int n_prompt) {
   policy_config p = config.policy;
   if (config.question_outside) p.observe_end = question_start;
-  if (config.evict_once) p.evict_from = n_prompt - 1;
+  if (config.evict_once) p.evict_from = p.evict_until = n_prompt - 1;
   return p;
 }
 

@@ -38,9 +38,9 @@ struct bench_config {
   // (policy_config::observe_end), as kvpress compresses the context before the question comes.
   // The quality pass has no question: there it equals "snapkv".
   bool question_outside = false;
-  // Needle and retrieval prompts are evicted once, when the whole prompt is in (snapkv and
-  // snapkv-ctx, as SnapKV and kvpress compress a prefilled prompt); decoding evicts every step.
-  // The quality windows evict after every chunk as the other policies do.
+  // Needle and retrieval prompts are evicted once, when the whole prompt is in, and the answer's
+  // tokens are all kept (snapkv and snapkv-ctx, as SnapKV and kvpress compress a prefilled
+  // prompt). The quality windows evict after every chunk as the other policies do.
   bool evict_once = false;
 };
 
@@ -128,7 +128,7 @@ int question_prompt_start(const tokenizer& vocab, const std::string& prompt_text
                           const std::vector<int32_t>& prompt);
 
 // The configuration's policy for a prompt of n_prompt tokens: question_outside sets observe_end
-// to its question, evict_once sets evict_from to its last token.
+// to its question, evict_once sets evict_from and evict_until to its last token.
 policy_config policy_for_prompt(const bench_config& config, int question_start, int n_prompt);
 
 // Live (head, token) slots over those of a full cache of n_past positions.

@@ -114,10 +114,11 @@ struct policy_config {
   // question token to run SnapKV with the question outside its window, as kvpress compresses the
   // context before the question arrives.
   int32_t observe_end = -1;
-  // Eviction waits until a step reaches this position (-1: every step evicts). The bench sets it
-  // to a prompt's last token for SnapKV, which compresses a prefilled prompt once, as kvpress
-  // does (the whole prompt is held until then).
+  // Eviction runs at the steps whose last position lies in [evict_from, evict_until] (-1: no
+  // bound). The bench sets both to a prompt's last token for SnapKV, which compresses a
+  // prefilled prompt once and lets the cache grow while it decodes, as kvpress does.
   int32_t evict_from = -1;
+  int32_t evict_until = -1;
 };
 
 // What the user asked for (command-line flags); unset knobs take the policy's defaults.

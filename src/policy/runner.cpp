@@ -90,7 +90,8 @@ void policy_runner::on_step(kv_cache& cache, std::span<const int32_t> step_posit
   stats_.bytes_peak = std::max(stats_.bytes_peak, cache.bytes_total() + state_bytes());
   stats_.slots_full_peak = std::max(stats_.slots_full_peak, n_full);
 
-  if (config_.mode != select_mode::keep_all && t_last >= config_.evict_from) select_and_evict(cache, t_last);
+  const bool in_span = t_last >= config_.evict_from && (config_.evict_until < 0 || t_last <= config_.evict_until);
+  if (config_.mode != select_mode::keep_all && in_span) select_and_evict(cache, t_last);
 
   const int64_t n_tok = static_cast<int64_t>(step_positions.size());
   stats_.n_steps += 1;
