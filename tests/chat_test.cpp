@@ -52,8 +52,10 @@ TEST(chat, two_turns_share_one_session_and_n_past_counts_the_whole_conversation)
   EXPECT_EQ(r.turns[0]["turn"], 1);
   EXPECT_EQ(r.turns[1]["turn"], 2);
   for (const auto& j : r.turns) {
-    EXPECT_EQ(j["reply_tokens"], 8);
-    EXPECT_EQ(j["stop"], "length");
+    // A reply runs to the 8-token limit or ends early at the end of the turn; which one depends
+    // on near-ties in the logits (the first token's top two are 0.12 apart in llama.cpp).
+    const int n = j["reply_tokens"];
+    EXPECT_TRUE((j["stop"] == "length" && n == 8) || (j["stop"] == "eos" && n > 0 && n < 8)) << j.dump();
     EXPECT_GT(j["decode_tok_s"].get<double>(), 0.0);
   }
   const int n_past_1 = r.turns[0]["n_past"], n_past_2 = r.turns[1]["n_past"];

@@ -39,7 +39,7 @@ inline const float* row_f32(const kv_rows& r, uint32_t j, float* buf) {
 }
 
 #ifdef KVGATE_AVX2
-constexpr int k_sub = 4;  // queries whose accumulators stay in registers together
+constexpr int k_sub = 3;  // queries whose accumulators stay in registers together
 
 // Elements [i, i + 8) of a stored row as floats (i a multiple of 8, so q8_0 loads stay in a block).
 template <kv_type T>
@@ -57,43 +57,77 @@ inline __m256 load8(const uint8_t* row, int i) {
   }
 }
 
-inline float hsum8(__m256 v) {
-  __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-  x = _mm_add_ss(x, _mm_movehdup_ps(x));
-  return _mm_cvtss_f32(x);
-}
-
-// s[g][j] = dot(q_g, k_j) * scale for NG queries and the block's nb slots: each K element is
-// loaded (converted) once for the NG queries, whose sums stay in registers.
+// s[g][j] = dot(q_g, k_j) * scale for NG queries and the block's nb slots, four slots at a time:
+// each K element is loaded (converted) once for the NG queries, and the 4 x NG sums are reduced
+// together by one tree of horizontal adds per query, not one reduction per slot and query. A
+// block's last slots are padded with copies of its last row, so every slot's score is the same
+// sequence of operations wherever it falls: its bits do not depend on the slots beside it (mask
+// mode and hard eviction agree). Stores may run past nb, never past k_attn_block (a multiple of
+// 4); the caller overwrites those columns.
 template <kv_type T, int NG>
 void block_scores(const kv_rows& k, const uint32_t* idx, int nb, const float* q, int d, float scale,
                   float (*s)[k_attn_block]) {
-  for (int j = 0; j < nb; ++j) {
-    const uint8_t* row = k.row(idx[j]);
-    __m256 acc[NG];
-    for (int g = 0; g < NG; ++g) acc[g] = _mm256_setzero_ps();
-    for (int i = 0; i < d; i += 8) {
-      const __m256 kv = load8<T>(row, i);
-      for (int g = 0; g < NG; ++g) acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * d + i), kv, acc[g]);
+  static_assert(k_attn_block % 4 == 0 && NG * 4 <= 12, "4 slots x NG sums must leave registers for the loads");
+  const __m128 vscale = _mm_set1_ps(scale);
+  for (int j0 = 0; j0 < nb; j0 += 4) {
+    const uint8_t* row[4];
+    for (int t = 0; t < 4; ++t) row[t] = k.row(idx[std::min(j0 + t, nb - 1)]);
+    __m256 acc[NG][4];
+    for (int g = 0; g < NG; ++g) {
+      for (int t = 0; t < 4; ++t) acc[g][t] = _mm256_setzero_ps();
     }
-    for (int g = 0; g < NG; ++g) s[g][j] = hsum8(acc[g]) * scale;
+    for (int i = 0; i < d; i += 8) {
+      for (int t = 0; t < 4; ++t) {
+        const __m256 kv = load8<T>(row[t], i);
+        for (int g = 0; g < NG; ++g) acc[g][t] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * d + i), kv, acc[g][t]);
+      }
+    }
+    for (int g = 0; g < NG; ++g) {
+      // lanes: (slot 0..3, elements 0-3) | (slot 0..3, elements 4-7), then the halves added
+      const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[g][0], acc[g][1]), _mm256_hadd_ps(acc[g][2], acc[g][3]));
+      const __m128 sum = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+      _mm_storeu_ps(&s[g][j0], _mm_mul_ps(sum, vscale));
+    }
   }
 }
 
-// o_g += sum_j p[g][j] v_j for NG queries: 8 output columns at a time stay in registers over the
-// block's slots.
+// o_g[i, i + 8C) += sum_j p[g][j] v_j[i, i + 8C) for NG queries: the tile's NG x C accumulators
+// stay in registers over the block's slots, each V element loaded (converted) once and each
+// probability broadcast once per tile. Every output element is one chain of fmas in slot order,
+// whatever the tiling.
+template <kv_type T, int NG, int C>
+void values_tile(const kv_rows& v, const uint32_t* idx, int nb, const float (*p)[k_attn_block], float* o, int d,
+                 int i) {
+  // The loops that load and store the accumulators are unrolled before GCC's -O3 passes see
+  // them; otherwise the array stays in memory and every slot stores all of it.
+  __m256 acc[NG][C];
+#pragma GCC unroll 16
+  for (int g = 0; g < NG; ++g) {
+#pragma GCC unroll 16
+    for (int c = 0; c < C; ++c) acc[g][c] = _mm256_loadu_ps(o + g * d + i + 8 * c);
+  }
+  for (int j = 0; j < nb; ++j) {
+    const uint8_t* row = v.row(idx[j]);
+    __m256 pj[NG];
+    for (int g = 0; g < NG; ++g) pj[g] = _mm256_broadcast_ss(&p[g][j]);
+    for (int c = 0; c < C; ++c) {
+      const __m256 vv = load8<T>(row, i + 8 * c);
+      for (int g = 0; g < NG; ++g) acc[g][c] = _mm256_fmadd_ps(pj[g], vv, acc[g][c]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int g = 0; g < NG; ++g) {
+#pragma GCC unroll 16
+    for (int c = 0; c < C; ++c) _mm256_storeu_ps(o + g * d + i + 8 * c, acc[g][c]);
+  }
+}
+
+// o_g += sum_j p[g][j] v_j for NG queries, in tiles of 32 columns (8 for the rest of d).
 template <kv_type T, int NG>
 void block_values(const kv_rows& v, const uint32_t* idx, int nb, const float (*p)[k_attn_block], float* o, int d) {
-  for (int i = 0; i < d; i += 8) {
-    __m256 acc[NG];
-    for (int g = 0; g < NG; ++g) acc[g] = _mm256_loadu_ps(o + g * d + i);
-    for (int j = 0; j < nb; ++j) {
-      const __m256 vv = load8<T>(v.row(idx[j]), i);
-      for (int g = 0; g < NG; ++g) acc[g] = _mm256_fmadd_ps(_mm256_broadcast_ss(&p[g][j]), vv, acc[g]);
-    }
-    for (int g = 0; g < NG; ++g) _mm256_storeu_ps(o + g * d + i, acc[g]);
-  }
+  int i = 0;
+  for (; i + 32 <= d; i += 32) values_tile<T, NG, 4>(v, idx, nb, p, o, d, i);
+  for (; i < d; i += 8) values_tile<T, NG, 1>(v, idx, nb, p, o, d, i);
 }
 
 template <kv_type T>
@@ -113,7 +147,6 @@ void block_pass(bool scores, const kv_rows& rows, const uint32_t* idx, int nb, c
       KVGATE_CASE(1)
       KVGATE_CASE(2)
       KVGATE_CASE(3)
-      KVGATE_CASE(4)
 #undef KVGATE_CASE
     }
   }

@@ -190,6 +190,7 @@ template <int R>
 void dot_q8_0_q8(const block_q8_0* b, const q8_activations* x, int64_t nb, float* out, int64_t stride) {
 #ifdef KVGATE_AVX2
   __m256 acc[R];
+#pragma GCC unroll 4
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   for (int64_t i = 0; i < nb; ++i) {
     const __m256i qw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[i].qs));
@@ -332,6 +333,9 @@ inline void prefetch_ahead(const packed& p) {
   const char* a = reinterpret_cast<const char*>(&p) + 1024;
   for (size_t off = 0; off < sizeof(packed) + 63; off += 64) _mm_prefetch(a + off, _MM_HINT_T0);
 }
+// Keeps v in a register at this point: GCC otherwise reassociates the integer sums of a block,
+// issues every maddubs first and spills their results (4 rows' kernels ran from the stack).
+inline void pin(__m256i& v) { asm("" : "+x"(v)); }
 inline __m256 q4_offsets(const packed_q4_1& p, __m256) { return load_f16x8(p.m); }
 inline __m256 q4_offsets(const packed_q4_0&, __m256 d) { return _mm256_mul_ps(d, _mm256_set1_ps(-8.0f)); }
 inline __m256 q4_offsets(const packed_q5_1& p, __m256) { return load_f16x8(p.m); }
@@ -349,36 +353,40 @@ template <typename packed, int R>
 void dot_packed_q4(const packed* b, const q8_activations* x, int64_t nb, float* out, int64_t stride) {
 #ifdef KVGATE_AVX2
   __m256 acc[R];
+#pragma GCC unroll 4
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   const __m256i mask = _mm256_set1_epi8(0x0F);
   const __m256i ones = _mm256_set1_epi16(1);
   for (int64_t i = 0; i < nb; ++i) {
     const packed& p = b[i];
     prefetch_ahead(p);
-    __m256i lo[4], hi[4];  // lo[c]: elements 4c..4c+3 of each row; hi[c]: elements 16+4c..16+4c+3
+    // Chunk by chunk, each row's int16 sums taking both halves of the chunk: unpacked weights
+    // live one chunk at a time, so R = 4 rows' sums and accumulators fit the 16 registers
+    // without spills. Each maddubs lane pair is <= 2 * 15 * 127 and eight of them still fit an
+    // int16; integer sums are exact in any order, so the bits are those of any R.
+    __m256i s[R];
+    for (int r = 0; r < R; ++r) s[r] = _mm256_setzero_si256();
     for (int c = 0; c < 4; ++c) {
+      // lo: elements 4c..4c+3 of each row; hi: elements 16+4c..16+4c+3
       const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.qs + c * 32));
-      lo[c] = _mm256_and_si256(w, mask);
-      hi[c] = _mm256_and_si256(_mm256_srli_epi16(w, 4), mask);
+      const __m256i lo = _mm256_and_si256(w, mask);
+      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), mask);
+      for (int r = 0; r < R; ++r) {
+        const int8_t* q = x[r].q.data() + i * 32 + c * 4;
+        s[r] = _mm256_add_epi16(s[r], _mm256_maddubs_epi16(lo, broadcast4(q)));
+        s[r] = _mm256_add_epi16(s[r], _mm256_maddubs_epi16(hi, broadcast4(q + 16)));
+        pin(s[r]);
+      }
     }
     const __m256 d = load_f16x8(p.d);
     const __m256 m = q4_offsets(p, d);
     for (int r = 0; r < R; ++r) {
-      const int8_t* q = x[r].q.data() + i * 32;
-      // Each maddubs lane pair is <= 2 * 15 * 127; eight of them still fit an int16.
-      __m256i s = _mm256_maddubs_epi16(lo[0], broadcast4(q));
-      s = _mm256_add_epi16(s, _mm256_maddubs_epi16(lo[1], broadcast4(q + 4)));
-      s = _mm256_add_epi16(s, _mm256_maddubs_epi16(lo[2], broadcast4(q + 8)));
-      s = _mm256_add_epi16(s, _mm256_maddubs_epi16(lo[3], broadcast4(q + 12)));
-      s = _mm256_add_epi16(s, _mm256_maddubs_epi16(hi[0], broadcast4(q + 16)));
-      s = _mm256_add_epi16(s, _mm256_maddubs_epi16(hi[1], broadcast4(q + 20)));
-      s = _mm256_add_epi16(s, _mm256_maddubs_epi16(hi[2], broadcast4(q + 24)));
-      s = _mm256_add_epi16(s, _mm256_maddubs_epi16(hi[3], broadcast4(q + 28)));
-      const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(s, ones));
+      const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(s[r], ones));
       acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(x[r].d[i])), dot, acc[r]);
       acc[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(x[r].sum[i]), acc[r]);
     }
   }
+#pragma GCC unroll 4  // keeps acc in registers (see values_tile in attention_kernel.cpp)
   for (int r = 0; r < R; ++r) _mm256_storeu_ps(out + r * stride, acc[r]);
 #else
   for (int r = 0; r < R; ++r) {
@@ -403,11 +411,12 @@ void dot_packed_q4(const packed* b, const q8_activations* x, int64_t nb, float* 
 
 // Q5_0 / Q5_1, as dot_packed_q4 with each nibble completed by its fifth bit (values 0..31). A
 // maddubs lane pair reaches 2 * 31 * 127 = 7874, so at most 4 of them (31496) may be summed in
-// int16: the low and high halves are widened to int32 separately.
+// int16: each chunk's two are widened to int32.
 template <typename packed, int R>
 void dot_packed_q5(const packed* b, const q8_activations* x, int64_t nb, float* out, int64_t stride) {
 #ifdef KVGATE_AVX2
   __m256 acc[R];
+#pragma GCC unroll 4
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   const __m256i mask = _mm256_set1_epi8(0x0F), bit4 = _mm256_set1_epi8(0x10);
   const __m256i ones = _mm256_set1_epi16(1);
@@ -415,33 +424,34 @@ void dot_packed_q5(const packed* b, const q8_activations* x, int64_t nb, float* 
     const packed& p = b[i];
     prefetch_ahead(p);
     const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.qh));
-    // fifth bits at bit 4 of each byte: chunk c's low elements sit at bit c, high at bit 4 + c
-    const __m256i h_lo[4] = {_mm256_slli_epi32(qh, 4), _mm256_slli_epi32(qh, 3), _mm256_slli_epi32(qh, 2),
-                             _mm256_slli_epi32(qh, 1)};
-    const __m256i h_hi[4] = {qh, _mm256_srli_epi32(qh, 1), _mm256_srli_epi32(qh, 2), _mm256_srli_epi32(qh, 3)};
-    __m256i lo[4], hi[4];
+    // Chunk by chunk (see dot_packed_q4), widened to int32 per chunk: a chunk's two maddubs
+    // (low and high elements) sum to at most 2 * 7874 per int16 lane.
+    __m256i s[R];
+    for (int r = 0; r < R; ++r) s[r] = _mm256_setzero_si256();
     for (int c = 0; c < 4; ++c) {
+      // fifth bits at bit 4 of each byte: chunk c's low elements sit at bit c, high at bit 4 + c
+      const __m256i h_lo = _mm256_slli_epi32(qh, 4 - c);
+      const __m256i h_hi = _mm256_srli_epi32(qh, c);
       const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.qs + c * 32));
-      lo[c] = _mm256_or_si256(_mm256_and_si256(w, mask), _mm256_and_si256(h_lo[c], bit4));
-      hi[c] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(w, 4), mask), _mm256_and_si256(h_hi[c], bit4));
+      const __m256i lo = _mm256_or_si256(_mm256_and_si256(w, mask), _mm256_and_si256(h_lo, bit4));
+      const __m256i hi =
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(w, 4), mask), _mm256_and_si256(h_hi, bit4));
+      for (int r = 0; r < R; ++r) {
+        const int8_t* q = x[r].q.data() + i * 32 + c * 4;
+        const __m256i t =
+            _mm256_add_epi16(_mm256_maddubs_epi16(lo, broadcast4(q)), _mm256_maddubs_epi16(hi, broadcast4(q + 16)));
+        s[r] = _mm256_add_epi32(s[r], _mm256_madd_epi16(t, ones));
+        pin(s[r]);
+      }
     }
     const __m256 d = load_f16x8(p.d);
     const __m256 m = q4_offsets(p, d);
     for (int r = 0; r < R; ++r) {
-      const int8_t* q = x[r].q.data() + i * 32;
-      __m256i s_lo = _mm256_maddubs_epi16(lo[0], broadcast4(q));
-      s_lo = _mm256_add_epi16(s_lo, _mm256_maddubs_epi16(lo[1], broadcast4(q + 4)));
-      s_lo = _mm256_add_epi16(s_lo, _mm256_maddubs_epi16(lo[2], broadcast4(q + 8)));
-      s_lo = _mm256_add_epi16(s_lo, _mm256_maddubs_epi16(lo[3], broadcast4(q + 12)));
-      __m256i s_hi = _mm256_maddubs_epi16(hi[0], broadcast4(q + 16));
-      s_hi = _mm256_add_epi16(s_hi, _mm256_maddubs_epi16(hi[1], broadcast4(q + 20)));
-      s_hi = _mm256_add_epi16(s_hi, _mm256_maddubs_epi16(hi[2], broadcast4(q + 24)));
-      s_hi = _mm256_add_epi16(s_hi, _mm256_maddubs_epi16(hi[3], broadcast4(q + 28)));
-      const __m256i s = _mm256_add_epi32(_mm256_madd_epi16(s_lo, ones), _mm256_madd_epi16(s_hi, ones));
-      acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(x[r].d[i])), _mm256_cvtepi32_ps(s), acc[r]);
+      acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(x[r].d[i])), _mm256_cvtepi32_ps(s[r]), acc[r]);
       acc[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(x[r].sum[i]), acc[r]);
     }
   }
+#pragma GCC unroll 4  // keeps acc in registers (see values_tile in attention_kernel.cpp)
   for (int r = 0; r < R; ++r) _mm256_storeu_ps(out + r * stride, acc[r]);
 #else
   for (int r = 0; r < R; ++r) {
@@ -471,30 +481,32 @@ template <int R>
 void dot_packed_q8_0(const packed_q8_0* b, const q8_activations* x, int64_t nb, float* out, int64_t stride) {
 #ifdef KVGATE_AVX2
   __m256 acc[R];
+#pragma GCC unroll 4
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   const __m256i ones = _mm256_set1_epi16(1);
   for (int64_t i = 0; i < nb; ++i) {
     const packed_q8_0& p = b[i];
     prefetch_ahead(p);
-    __m256i w_abs[8];
+    // Chunk by chunk (see dot_packed_q4): each row's sum is widened to int32 per chunk, since
+    // a maddubs lane pair reaches 2 * 127 * 127.
+    __m256i s[R];
+    for (int r = 0; r < R; ++r) s[r] = _mm256_setzero_si256();
     for (int c = 0; c < 8; ++c) {
       const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.qs + c * 32));
-      w_abs[c] = _mm256_sign_epi8(w, w);
+      // maddubs wants one unsigned operand: the weight's sign moves onto the activation.
+      const __m256i w_abs = _mm256_sign_epi8(w, w);
+      for (int r = 0; r < R; ++r) {
+        const __m256i prod = _mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(broadcast4(x[r].q.data() + i * 32 + c * 4), w));
+        s[r] = _mm256_add_epi32(s[r], _mm256_madd_epi16(prod, ones));
+        pin(s[r]);
+      }
     }
     const __m256 d = load_f16x8(p.d);
     for (int r = 0; r < R; ++r) {
-      const int8_t* q = x[r].q.data() + i * 32;
-      __m256i s = _mm256_setzero_si256();
-      for (int c = 0; c < 8; ++c) {
-        // maddubs wants one unsigned operand: the weight's sign moves onto the activation. A
-        // lane pair reaches 2 * 127 * 127, so each chunk is widened to int32 before adding.
-        const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.qs + c * 32));
-        const __m256i prod = _mm256_maddubs_epi16(w_abs[c], _mm256_sign_epi8(broadcast4(q + c * 4), w));
-        s = _mm256_add_epi32(s, _mm256_madd_epi16(prod, ones));
-      }
-      acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(x[r].d[i])), _mm256_cvtepi32_ps(s), acc[r]);
+      acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(x[r].d[i])), _mm256_cvtepi32_ps(s[r]), acc[r]);
     }
   }
+#pragma GCC unroll 4  // keeps acc in registers (see values_tile in attention_kernel.cpp)
   for (int r = 0; r < R; ++r) _mm256_storeu_ps(out + r * stride, acc[r]);
 #else
   for (int r = 0; r < R; ++r) {
