@@ -2,7 +2,11 @@
 // on an ephemeral loopback port and talked to with httplib's client: request validation, errors,
 // streaming, per-request KV policies, slots, queue, KV memory, prefix reuse, and greedy output
 // equal to `kvgate generate --chat`. Every server stops when its test ends.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 #include <omp.h>
@@ -269,7 +273,9 @@ TEST_F(serve_test, greedy_chat_equals_generate_chat_for_the_same_policy) {
     EXPECT_EQ(r.body["choices"][0]["message"]["content"], want) << c.flags;
     if (!c.kv_policy.is_null()) {
       EXPECT_EQ(r.body["kv_policy"]["name"], c.kv_policy["name"]);
-      if (c.kv_policy.contains("budget_pool")) EXPECT_EQ(r.body["kv_policy"]["budget_pool"], c.kv_policy["budget_pool"]);
+      if (c.kv_policy.contains("budget_pool")) {
+        EXPECT_EQ(r.body["kv_policy"]["budget_pool"], c.kv_policy["budget_pool"]);
+      }
       EXPECT_LT(r.body["kv"]["share_kept"].get<double>(), 1.0);  // the policy really evicted
     } else {
       EXPECT_EQ(r.body["kv"]["share_kept"], 1.0);
@@ -404,14 +410,17 @@ TEST_F(serve_test, chat_page_and_kv_strip) {
   }
 }
 
+// A counter or gauge from /metrics, -1 when absent.
+double metric_of(const test_server& s, const std::string& name) {
+  auto r = s.client().Get("/metrics");
+  if (!r) return -1.0;
+  const std::string key = "\nkvgate:" + name + " ";
+  const size_t p = r->body.find(key);
+  return p == std::string::npos ? -1.0 : std::stod(r->body.substr(p + key.size()));
+}
+
 TEST_F(serve_test, a_client_that_disconnects_frees_its_slot) {
-  auto metric = [&](const std::string& name) {
-    auto r = server_->client().Get("/metrics");
-    if (!r) return -1.0;
-    const std::string key = "\nkvgate:" + name + " ";
-    const size_t p = r->body.find(key);
-    return p == std::string::npos ? -1.0 : std::stod(r->body.substr(p + key.size()));
-  };
+  auto metric = [&](const std::string& name) { return metric_of(*server_, name); };
   const double before = metric("requests_cancelled_total");
   const double predicted_before = metric("tokens_predicted_total");
   ASSERT_GE(before, 0);
@@ -425,6 +434,40 @@ TEST_F(serve_test, a_client_that_disconnects_frees_its_slot) {
   }
   EXPECT_TRUE(freed);
   // Cancelled well before its 400 tokens.
+  EXPECT_LT(metric("tokens_predicted_total") - predicted_before, 400);
+}
+
+TEST_F(serve_test, a_non_streaming_client_that_disconnects_frees_its_slot) {
+  auto metric = [&](const std::string& name) { return metric_of(*server_, name); };
+  const double before = metric("requests_cancelled_total");
+  const double predicted_before = metric("tokens_predicted_total");
+  ASSERT_GE(before, 0);
+  ASSERT_GE(predicted_before, 0);
+  // A raw connection: the request goes out whole, then the client hangs up before any reply.
+  const std::string body = json{{"prompt", "Once upon a time"}, {"max_tokens", 400}, {"temperature", 0}}.dump();
+  const std::string request = "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                              "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(server_->port()));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(::send(fd, request.data(), request.size(), 0), static_cast<ssize_t>(request.size()));
+  bool started = false;
+  for (int i = 0; i < 200 && !started; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    started = metric("requests_processing") > 0;
+  }
+  ASSERT_TRUE(started);
+  ::close(fd);
+  bool freed = false;
+  for (int i = 0; i < 200 && !freed; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    freed = metric("requests_cancelled_total") > before && metric("requests_processing") == 0;
+  }
+  EXPECT_TRUE(freed);
   EXPECT_LT(metric("tokens_predicted_total") - predicted_before, 400);
 }
 

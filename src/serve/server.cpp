@@ -4,6 +4,10 @@
 
 #include <fmt/format.h>
 
+#include <netdb.h>
+#include <sys/socket.h>
+
+#include <cerrno>
 #include <chrono>
 #include <filesystem>
 #include <random>
@@ -27,6 +31,62 @@ std::string random_id(const char* prefix) {
   thread_local std::mt19937_64 rng{std::random_device{}()};
   return fmt::format("{}{:016x}", prefix, rng());
 }
+
+// The socket of the connection a request came on, watched for the client leaving. cpp-httplib
+// 0.11 (Debian 12's) tells a handler nothing about its connection (later versions added
+// Request::is_connection_closed), and a non-streaming reply writes nothing until it is whole,
+// so a client that gave up would hold its slot to the last token. The handler's thread owns
+// the connection while the handler runs, so the socket found by the request's addresses (a
+// TCP connection is one remote and one local address) stays this connection's until it returns.
+class peer_watch {
+ public:
+  explicit peer_watch(const httplib::Request& req) {
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd", ec)) {
+      int fd = -1;
+      try {
+        fd = std::stoi(e.path().filename().string());
+      } catch (const std::exception&) {
+        continue;
+      }
+      if (matches(fd, req)) {
+        fd_ = fd;
+        break;
+      }
+    }
+  }
+  // True once the client has closed its side (or reset the connection); pipelined bytes or no
+  // news mean it is still there. False when the socket was not found.
+  bool gone() const {
+    if (fd_ < 0) return false;
+    char c;
+    const ssize_t n = ::recv(fd_, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+  }
+
+ private:
+  static bool same(const sockaddr_storage& a, socklen_t len, const std::string& host, int port) {
+    char h[NI_MAXHOST], p[NI_MAXSERV];
+    if (getnameinfo(reinterpret_cast<const sockaddr*>(&a), len, h, sizeof h, p, sizeof p,
+                    NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
+      return false;
+    }
+    return host == h && port == std::atoi(p);
+  }
+  static bool matches(int fd, const httplib::Request& req) {
+    int type = 0;
+    socklen_t tl = sizeof type;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) != 0 || type != SOCK_STREAM) return false;
+    sockaddr_storage peer{}, local{};
+    socklen_t pl = sizeof peer, ll = sizeof local;
+    if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pl) != 0) return false;
+    if (!same(peer, pl, req.remote_addr, req.remote_port)) return false;
+    if (req.local_port <= 0) return true;
+    return getsockname(fd, reinterpret_cast<sockaddr*>(&local), &ll) == 0 &&
+           same(local, ll, req.local_addr, req.local_port);
+  }
+  int fd_ = -1;
+};
 
 // Equal strings take the same time whatever their bytes; only the length of the given key shows.
 bool equal_constant_time(std::string_view a, std::string_view b) {
@@ -273,11 +333,18 @@ void server::routes() {
       const shaper shape{chat, random_id(chat ? "chatcmpl-" : "cmpl-"), options_.model_alias, unix_now()};
 
       if (!t->req.stream) {
+        // Looked up once the task is queued: a whole reply takes seconds, the lookup microseconds.
+        const peer_watch peer(req);
         std::string text, piece;
-        bool done = false;
+        bool done = false, left = false;
         while (!done) {
-          if (t->wait_text(&piece, &done, 1000)) text += piece;
+          if (t->wait_text(&piece, &done, 250)) text += piece;
+          if (!done && !left && peer.gone()) {
+            left = true;
+            t->cancelled = true;  // the client is gone: its slot is freed at the next step
+          }
         }
+        if (left) return;  // nobody to answer
         if (t->finish_reason == "error") throw api_error(500, "server_error", t->error);
         if (t->finish_reason == "cancelled") throw api_error(503, "unavailable_error", "the request was cancelled (the server is shutting down)");
         send_json(res, shape.whole(text, t->finish_reason, t->figures));
