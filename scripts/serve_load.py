@@ -3,7 +3,9 @@
 
 For each concurrency level, that many clients stream chat completions at once (each sends
 --requests requests in turn); reports total decode tokens/s (completion tokens over the wall
-time of the level) and time to first token p50/p99, one JSON line per level.
+time of the level), time to first token p50/p99, and the time per output token after the first
+(TPOT p50); decode_tok_s_steady = clients / mean TPOT is the total decode rate while every client
+streams, prompts' prefill left out. One JSON line per level.
 
   scripts/serve_load.py --port 8080 --clients 1 4 8 --requests 2 --max-tokens 64
 """
@@ -26,7 +28,7 @@ def percentile(xs, p):
 def one_request(url, body, timeout):
     req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     t0 = time.monotonic()
-    ttft, n_tokens = None, 0
+    ttft, t_last, n_tokens = None, None, 0
     with urllib.request.urlopen(req, timeout=timeout) as r:
         for raw in r:
             line = raw.decode("utf-8", "replace").strip()
@@ -41,9 +43,13 @@ def one_request(url, body, timeout):
             if event.get("usage"):
                 n_tokens = event["usage"]["completion_tokens"]
             for c in event.get("choices", []):
-                if c.get("delta", {}).get("content") and ttft is None:
-                    ttft = time.monotonic() - t0
-    return ttft, n_tokens
+                if c.get("delta", {}).get("content"):
+                    t_last = time.monotonic() - t0
+                    if ttft is None:
+                        ttft = t_last
+    # time per output token after the first (None with fewer than 2 tokens)
+    tpot = (t_last - ttft) / (n_tokens - 1) if ttft is not None and n_tokens > 1 else None
+    return ttft, tpot, n_tokens
 
 
 def main():
@@ -57,7 +63,7 @@ def main():
     a = ap.parse_args()
     url = f"http://127.0.0.1:{a.port}/v1/chat/completions"
     for n in a.clients:
-        ttfts, tokens, errors = [], [], []
+        ttfts, tpots, tokens, errors = [], [], [], []
         lock = threading.Lock()
 
         def client(i):
@@ -68,10 +74,12 @@ def main():
                 if a.policy:
                     body["kv_policy"] = json.loads(a.policy)
                 try:
-                    ttft, k = one_request(url, body, a.timeout)
+                    ttft, tpot, k = one_request(url, body, a.timeout)
                     with lock:
                         if ttft is not None:
                             ttfts.append(ttft)
+                        if tpot is not None:
+                            tpots.append(tpot)
                         tokens.append(k)
                 except Exception as e:  # noqa: BLE001 - reported, not hidden
                     with lock:
@@ -88,7 +96,10 @@ def main():
                           "completion_tokens": sum(tokens), "wall_s": round(wall, 2),
                           "decode_tok_s_total": round(sum(tokens) / wall, 1),
                           "ttft_p50_s": percentile(ttfts, 50), "ttft_p99_s": percentile(ttfts, 99),
-                          "ttft_mean_s": statistics.mean(ttfts) if ttfts else None}), flush=True)
+                          "ttft_mean_s": statistics.mean(ttfts) if ttfts else None,
+                          "tpot_p50_ms": round(1000 * percentile(tpots, 50), 2) if tpots else None,
+                          "decode_tok_s_steady": round(n / statistics.mean(tpots), 1) if tpots else None}),
+              flush=True)
         if errors:
             print("errors:", errors[:3], flush=True)
 
