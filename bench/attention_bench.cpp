@@ -40,6 +40,7 @@ void run(benchmark::State& state, kv_type type) {
 void shapes(benchmark::internal::Benchmark* b) {
   for (int n : {512, 4096, 7600}) b->Args({n, 3});
   b->Args({4096, 1});
+  b->Args({4096, 24});  // a prefill tile: 8 tokens x 3 query heads
 }
 
 BENCHMARK_CAPTURE(run, f32, kv_type::f32)->Apply(shapes);

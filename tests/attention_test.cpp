@@ -138,6 +138,33 @@ TEST(attention_kernel, matches_double_reference_for_every_type_group_and_hole_pa
   EXPECT_GT(n_checked, 500);
 }
 
+TEST(attention_kernel, a_tiles_queries_get_the_bits_of_the_same_queries_in_groups_of_three) {
+  // Prefill tiles (many queries) take other paths than decode (one group): q8_0 blocks are
+  // converted to f32 once per block. A query's result must not depend on the path.
+  std::mt19937_64 rng(13);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (kv_type type : {kv_type::f32, kv_type::f16, kv_type::q8_0}) {
+    const int d = 64, n = 301, n_q = 24;
+    std::vector<float> k(static_cast<size_t>(n) * d), v(k.size()), q(static_cast<size_t>(n_q) * d);
+    for (float& x : k) x = nd(rng);
+    for (float& x : v) x = nd(rng);
+    for (float& x : q) x = nd(rng);
+    kv_cache cache(1, 1, d, type);
+    cache.set_mask_mode(true);
+    fill(cache, k, v, n, [](int j) { return j % 5 == 2; });
+    const kv_head& h = cache.head(0, 0);
+    std::vector<slot_run> runs;
+    live_runs(h, h.n_slots(), runs);
+    std::vector<float> tile(q.size()), groups(q.size()), scratch;
+    attend(h.k, h.v, runs, h.n_live(), q.data(), n_q, nullptr, 0.125f, tile.data(), nullptr, nullptr, scratch);
+    for (int g = 0; g < n_q; g += 3) {
+      attend(h.k, h.v, runs, h.n_live(), q.data() + static_cast<size_t>(g) * d, 3, nullptr, 0.125f,
+             groups.data() + static_cast<size_t>(g) * d, nullptr, nullptr, scratch);
+    }
+    EXPECT_EQ(0, std::memcmp(tile.data(), groups.data(), tile.size() * sizeof(float))) << kv_type_name(type);
+  }
+}
+
 TEST(attention_kernel, same_live_rows_give_same_bits_whatever_the_holes) {
   // Mask mode relies on this: masked slots, holes and compacted slots must all vanish exactly.
   std::mt19937_64 rng(11);

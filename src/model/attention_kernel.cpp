@@ -65,13 +65,12 @@ inline __m256 load8(const uint8_t* row, int i) {
 // mode and hard eviction agree). Stores may run past nb, never past k_attn_block (a multiple of
 // 4); the caller overwrites those columns.
 template <kv_type T, int NG>
-void block_scores(const kv_rows& k, const uint32_t* idx, int nb, const float* q, int d, float scale,
-                  float (*s)[k_attn_block]) {
+void block_scores(const uint8_t* const* rows, int nb, const float* q, int d, float scale, float (*s)[k_attn_block]) {
   static_assert(k_attn_block % 4 == 0 && NG * 4 <= 12, "4 slots x NG sums must leave registers for the loads");
   const __m128 vscale = _mm_set1_ps(scale);
   for (int j0 = 0; j0 < nb; j0 += 4) {
     const uint8_t* row[4];
-    for (int t = 0; t < 4; ++t) row[t] = k.row(idx[std::min(j0 + t, nb - 1)]);
+    for (int t = 0; t < 4; ++t) row[t] = rows[std::min(j0 + t, nb - 1)];
     __m256 acc[NG][4];
     for (int g = 0; g < NG; ++g) {
       for (int t = 0; t < 4; ++t) acc[g][t] = _mm256_setzero_ps();
@@ -96,8 +95,7 @@ void block_scores(const kv_rows& k, const uint32_t* idx, int nb, const float* q,
 // probability broadcast once per tile. Every output element is one chain of fmas in slot order,
 // whatever the tiling.
 template <kv_type T, int NG, int C>
-void values_tile(const kv_rows& v, const uint32_t* idx, int nb, const float (*p)[k_attn_block], float* o, int d,
-                 int i) {
+void values_tile(const uint8_t* const* rows, int nb, const float (*p)[k_attn_block], float* o, int d, int i) {
   // The loops that load and store the accumulators are unrolled before GCC's -O3 passes see
   // them; otherwise the array stays in memory and every slot stores all of it.
   __m256 acc[NG][C];
@@ -107,7 +105,7 @@ void values_tile(const kv_rows& v, const uint32_t* idx, int nb, const float (*p)
     for (int c = 0; c < C; ++c) acc[g][c] = _mm256_loadu_ps(o + g * d + i + 8 * c);
   }
   for (int j = 0; j < nb; ++j) {
-    const uint8_t* row = v.row(idx[j]);
+    const uint8_t* row = rows[j];
     __m256 pj[NG];
     for (int g = 0; g < NG; ++g) pj[g] = _mm256_broadcast_ss(&p[g][j]);
     for (int c = 0; c < C; ++c) {
@@ -124,25 +122,25 @@ void values_tile(const kv_rows& v, const uint32_t* idx, int nb, const float (*p)
 
 // o_g += sum_j p[g][j] v_j for NG queries, in tiles of 32 columns (8 for the rest of d).
 template <kv_type T, int NG>
-void block_values(const kv_rows& v, const uint32_t* idx, int nb, const float (*p)[k_attn_block], float* o, int d) {
+void block_values(const uint8_t* const* rows, int nb, const float (*p)[k_attn_block], float* o, int d) {
   int i = 0;
-  for (; i + 32 <= d; i += 32) values_tile<T, NG, 4>(v, idx, nb, p, o, d, i);
-  for (; i < d; i += 8) values_tile<T, NG, 1>(v, idx, nb, p, o, d, i);
+  for (; i + 32 <= d; i += 32) values_tile<T, NG, 4>(rows, nb, p, o, d, i);
+  for (; i < d; i += 8) values_tile<T, NG, 1>(rows, nb, p, o, d, i);
 }
 
 template <kv_type T>
-void block_pass(bool scores, const kv_rows& rows, const uint32_t* idx, int nb, const float* q, int n_q, int d,
-                float scale, float (*s)[k_attn_block], float* o) {
+void block_pass(bool scores, const uint8_t* const* rows, int nb, const float* q, int n_q, int d, float scale,
+                float (*s)[k_attn_block], float* o) {
   for (int g0 = 0; g0 < n_q; g0 += k_sub) {
     const int ng = std::min(k_sub, n_q - g0);
     const float* qg = q + static_cast<size_t>(g0) * d;
     float* og = o + static_cast<size_t>(g0) * d;
     float (*sg)[k_attn_block] = s + g0;
     switch (ng) {
-#define KVGATE_CASE(N)                                                     \
-  case N:                                                                  \
-    if (scores) block_scores<T, N>(rows, idx, nb, qg, d, scale, sg);       \
-    else block_values<T, N>(rows, idx, nb, sg, og, d);                     \
+#define KVGATE_CASE(N)                                               \
+  case N:                                                            \
+    if (scores) block_scores<T, N>(rows, nb, qg, d, scale, sg);      \
+    else block_values<T, N>(rows, nb, sg, og, d);                    \
     break;
       KVGATE_CASE(1)
       KVGATE_CASE(2)
@@ -152,12 +150,32 @@ void block_pass(bool scores, const kv_rows& rows, const uint32_t* idx, int nb, c
   }
 }
 
-void block_pass_any(bool scores, const kv_rows& rows, const uint32_t* idx, int nb, const float* q, int n_q, int d,
-                    float scale, float (*s)[k_attn_block], float* o) {
-  switch (rows.type()) {
-    case kv_type::f32: block_pass<kv_type::f32>(scores, rows, idx, nb, q, n_q, d, scale, s, o); return;
-    case kv_type::f16: block_pass<kv_type::f16>(scores, rows, idx, nb, q, n_q, d, scale, s, o); return;
-    case kv_type::q8_0: block_pass<kv_type::q8_0>(scores, rows, idx, nb, q, n_q, d, scale, s, o); return;
+// One pass (scores or values) of the block's nb slots of `src`. With more queries than one
+// register group (prefill tiles), a q8_0 block is first converted to f32 rows in `buf`
+// [k_attn_block x d], once, instead of once per group of k_sub queries; the conversion is exact
+// (the same floats load8 gives), so the bits do not depend on which path ran. Measured on a
+// 4,096-slot prefill tile of 24 queries (`kvgate_bench --benchmark_filter=run/.*/4096/24`, one
+// thread, 3 alternations): q8_0 3.3-3.8 -> 5.1-6.4 M slots/s; f16 converts in one instruction
+// and was no faster through the buffer (5.4-6.2 on the fly, 4.8-6.7 buffered), so it stays on
+// the fly.
+void block_pass_any(bool scores, const kv_rows& src, const uint32_t* idx, int nb, const float* q, int n_q, int d,
+                    float scale, float (*s)[k_attn_block], float* o, float* buf) {
+  const uint8_t* rows[k_attn_block];
+  kv_type type = src.type();
+  if (type == kv_type::q8_0 && n_q > k_sub) {
+    for (int j = 0; j < nb; ++j) {
+      float* r = buf + static_cast<size_t>(j) * d;
+      src.row_to_float(idx[j], r);
+      rows[j] = reinterpret_cast<const uint8_t*>(r);
+    }
+    type = kv_type::f32;
+  } else {
+    for (int j = 0; j < nb; ++j) rows[j] = src.row(idx[j]);
+  }
+  switch (type) {
+    case kv_type::f32: block_pass<kv_type::f32>(scores, rows, nb, q, n_q, d, scale, s, o); return;
+    case kv_type::f16: block_pass<kv_type::f16>(scores, rows, nb, q, n_q, d, scale, s, o); return;
+    case kv_type::q8_0: block_pass<kv_type::q8_0>(scores, rows, nb, q, n_q, d, scale, s, o); return;
   }
 }
 #endif
@@ -172,6 +190,11 @@ void attend_chunk_group(const kv_rows& k, const kv_rows& v, std::span<const slot
   uint32_t idx[B];
 #ifdef KVGATE_AVX2
   const bool fast = d % 8 == 0;  // else the portable path (also the non-AVX2 build's)
+  // A q8_0 block's K or V rows as f32, for prefill tiles (see block_pass_any); per thread, 64 KiB
+  // at the largest d_head.
+  thread_local std::vector<float> block_storage;
+  block_storage.resize(static_cast<size_t>(B) * d);
+  float* block_buf = block_storage.data();
 #endif
   for (int g = 0; g < n_q; ++g) {
     m[g] = -std::numeric_limits<float>::infinity();
@@ -194,7 +217,7 @@ void attend_chunk_group(const kv_rows& k, const kv_rows& v, std::span<const slot
 
 #ifdef KVGATE_AVX2
     if (fast) {
-      block_pass_any(true, k, idx, nb, q, n_q, d, scale, s, o);
+      block_pass_any(true, k, idx, nb, q, n_q, d, scale, s, o, block_buf);
     } else
 #endif
     {
@@ -228,7 +251,7 @@ void attend_chunk_group(const kv_rows& k, const kv_rows& v, std::span<const slot
     }
 #ifdef KVGATE_AVX2
     if (fast) {
-      block_pass_any(false, v, idx, nb, q, n_q, d, scale, s, o);
+      block_pass_any(false, v, idx, nb, q, n_q, d, scale, s, o, block_buf);
       continue;
     }
 #endif
