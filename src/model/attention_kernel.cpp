@@ -180,6 +180,43 @@ void block_pass_any(bool scores, const kv_rows& src, const uint32_t* idx, int nb
 }
 #endif
 
+// The largest of a block's first n scores (n >= 1). Exact in any order.
+inline float block_max(const float* x, int n) {
+  static_assert(k_attn_block == 32, "the vector paths below take a block as four 8-wide vectors");
+#ifdef KVGATE_AVX2
+  if (n == k_attn_block) {
+    const __m256 a = _mm256_max_ps(_mm256_max_ps(_mm256_loadu_ps(x), _mm256_loadu_ps(x + 8)),
+                                   _mm256_max_ps(_mm256_loadu_ps(x + 16), _mm256_loadu_ps(x + 24)));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+  }
+#endif
+  float m = x[0];
+  for (int j = 1; j < n; ++j) m = std::max(m, x[j]);
+  return m;
+}
+
+// The sum of a block's k_attn_block probabilities, as a fixed tree (four 8-wide vectors, then
+// their lanes), the same for every block and query; the portable path adds in the same order.
+// A serial sum was a 32-add dependency chain per query and block.
+inline float block_sum(const float* x) {
+#ifdef KVGATE_AVX2
+  const __m256 a = _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(x), _mm256_loadu_ps(x + 8)),
+                                 _mm256_add_ps(_mm256_loadu_ps(x + 16), _mm256_loadu_ps(x + 24)));
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_add_ss(h, _mm_movehdup_ps(h));
+  return _mm_cvtss_f32(h);
+#else
+  float v[8], h[4];
+  for (int i = 0; i < 8; ++i) v[i] = (x[i] + x[8 + i]) + (x[16 + i] + x[24 + i]);
+  for (int i = 0; i < 4; ++i) h[i] = v[i] + v[4 + i];
+  return (h[0] + h[2]) + (h[1] + h[3]);
+#endif
+}
+
 void attend_chunk_group(const kv_rows& k, const kv_rows& v, std::span<const slot_run> runs,
                         size_t live_first, size_t live_end, const float* q, int n_q, const uint32_t* limit,
                         float scale, float* m, float* l, float* o) {
@@ -233,8 +270,7 @@ void attend_chunk_group(const kv_rows& k, const kv_rows& v, std::span<const slot
         std::fill(s[g], s[g] + B, 0.0f);
         continue;
       }
-      float bm = s[g][0];
-      for (int j = 1; j < nv; ++j) bm = std::max(bm, s[g][j]);
+      const float bm = block_max(s[g], nv);
       const float m_new = std::max(m[g], bm);
       if (m_new != m[g] && l[g] != 0.0f) {
         const float corr = simd::exp_approx(m[g] - m_new);
@@ -245,9 +281,7 @@ void attend_chunk_group(const kv_rows& k, const kv_rows& v, std::span<const slot
       for (int j = nv; j < B; ++j) s[g][j] = m_new;
       simd::exp_shifted(s[g], m_new, s[g], B);
       for (int j = nv; j < B; ++j) s[g][j] = 0.0f;
-      float sum = 0.0f;
-      for (int j = 0; j < B; ++j) sum += s[g][j];
-      l[g] += sum;
+      l[g] += block_sum(s[g]);
     }
 #ifdef KVGATE_AVX2
     if (fast) {
