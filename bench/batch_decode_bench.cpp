@@ -1,6 +1,7 @@
 // Batched decode (model/batch_decoder.h) on the default model: one step of n sessions, each
 // holding a context of 256 tokens and more, against n sessions stepped one after another. tokens/s counts
-// the n tokens of a step; the weights are read once per batched step.
+// the n tokens of a step; the weights are read once per batched step. batched_threads: the same
+// step on 2 threads (batched runs on one).
 #include <benchmark/benchmark.h>
 
 #include <memory>
@@ -54,7 +55,21 @@ void one_by_one(benchmark::State& state) {
   state.counters["tokens/s"] = benchmark::Counter(static_cast<double>(state.iterations()) * n, benchmark::Counter::kIsRate);
 }
 
+// arg: sessions in the batch; 2 threads
+void batched_threads(benchmark::State& state) {
+  const kvgate::model& m = default_model();
+  const int n = static_cast<int>(state.range(0));
+  const std::vector<kvgate::session*> ptrs = sessions_with_context(m, n);
+  std::vector<int32_t> ids(n, 42);
+  kvgate::batch_decoder dec(m);
+  kvgate::set_compute_threads(2);
+  for (auto _ : state) benchmark::DoNotOptimize(dec.step(ptrs, ids).data());
+  kvgate::set_compute_threads(1);
+  state.counters["tokens/s"] = benchmark::Counter(static_cast<double>(state.iterations()) * n, benchmark::Counter::kIsRate);
+}
+
 BENCHMARK(batched)->Arg(1)->Arg(2)->Arg(4)->Arg(8)->Arg(16)->Unit(benchmark::kMillisecond)->MinTime(2.0);
+BENCHMARK(batched_threads)->Arg(1)->Arg(8)->Unit(benchmark::kMillisecond)->MinTime(2.0);
 BENCHMARK(one_by_one)->Arg(1)->Arg(8)->Unit(benchmark::kMillisecond)->MinTime(2.0);
 
 }  // namespace

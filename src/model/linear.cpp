@@ -595,19 +595,28 @@ void forward_integer(std::span<const linear* const> w, const float* x, std::span
   integer_activations act;
   act.n_x = n_rows;
   // Prompt chunks quantize their rows on all threads; a decode step's few rows are not worth a
-  // parallel region.
+  // parallel region, nor a call into libgomp (an `if (false)` region is still one: 120 of the 272
+  // region launches counted per decoded token on SmolLM2).
   if (want_q8) {
     q8_storage.resize(n_rows);
     q8_activations* q8 = q8_storage.data();
-#pragma omp parallel for schedule(static) num_threads(g_threads) if (n_rows >= 32)
-    for (int64_t r = 0; r < n_rows; ++r) quantize_activations(x + r * n_in, n_in, q8[r]);
+    if (n_rows < 32) {
+      for (int64_t r = 0; r < n_rows; ++r) quantize_activations(x + r * n_in, n_in, q8[r]);
+    } else {
+#pragma omp parallel for schedule(static) num_threads(g_threads)
+      for (int64_t r = 0; r < n_rows; ++r) quantize_activations(x + r * n_in, n_in, q8[r]);
+    }
     act.q8 = q8;
   }
   if (want_q8k) {
     q8k_storage.resize(n_rows);
     q8k_activations* q8k = q8k_storage.data();
-#pragma omp parallel for schedule(static) num_threads(g_threads) if (n_rows >= 32)
-    for (int64_t r = 0; r < n_rows; ++r) quantize_q8k(x + r * n_in, n_in, q8k[r]);
+    if (n_rows < 32) {
+      for (int64_t r = 0; r < n_rows; ++r) quantize_q8k(x + r * n_in, n_in, q8k[r]);
+    } else {
+#pragma omp parallel for schedule(static) num_threads(g_threads)
+      for (int64_t r = 0; r < n_rows; ++r) quantize_q8k(x + r * n_in, n_in, q8k[r]);
+    }
     act.q8k = q8k;
   }
   int64_t first[5] = {0};  // first output unit of each weight in the joint range
