@@ -44,6 +44,7 @@ TEST(bench, configurations_cover_every_policy_at_budgets_matching_the_shares) {
   eval::bench_options o;
   o.ctx = 2048;
   o.shares = {0.25};
+  o.window_share = 0.0;  // the fixed window
   std::vector<eval::bench_config> configs = eval::bench_configs(o, nullptr);
   ASSERT_EQ(configs.size(), 2 + o.baselines.size());  // snapkv brings snapkv-ctx
   EXPECT_EQ(configs[0].policy.kind, policy_kind::full);
@@ -90,6 +91,37 @@ TEST(bench, configurations_cover_every_policy_at_budgets_matching_the_shares) {
   EXPECT_EQ(learned, static_cast<int>(o.thresholds.size() + o.thresholds_layer.size() + o.thresholds_global.size() + 1));
   EXPECT_EQ(global, static_cast<int>(o.thresholds_global.size()));
   EXPECT_EQ(budget, 1);
+}
+
+TEST(bench, a_window_share_splits_every_budget_curve_and_keeps_its_total) {
+  EXPECT_EQ(eval::window_for_share(0.125, 2048, 128, 0.0), 128);  // off: the fixed window
+  EXPECT_EQ(eval::window_for_share(0.125, 2048, 128, 0.25), 64);  // 256 slots per head
+  EXPECT_EQ(eval::window_for_share(0.5, 2048, 128, 0.25), 128);   // capped at --window
+  EXPECT_EQ(eval::window_for_share(0.02, 2048, 128, 0.25), 16);   // at least 16
+  EXPECT_EQ(eval::window_for_share(0.02, 2048, 8, 0.25), 8);      // never above --window
+
+  eval::bench_options o;
+  o.ctx = 2048;
+  o.shares = {0.125, 0.25};
+  o.window_share = 0.25;
+  gate_meta meta;
+  meta.sinks = 4;
+  meta.window = 128;
+  meta.threshold = 0.5f;
+  int n_budget = 0;
+  for (const auto& c : eval::bench_configs(o, &meta)) {
+    const policy_config& p = c.policy;
+    if (p.mode != select_mode::budget) {
+      // Threshold curves keep the fixed window.
+      if (p.kind == policy_kind::learned) EXPECT_EQ(p.window, 128) << c.curve;
+      continue;
+    }
+    ++n_budget;
+    const int total = p.sinks + p.window + p.budget;
+    ASSERT_TRUE(total == 256 || total == 512) << c.curve;
+    EXPECT_EQ(p.window, total == 256 ? 64 : 128) << c.curve << " " << total;
+  }
+  EXPECT_EQ(n_budget, 2 * static_cast<int>(o.baselines.size() + 1 + o.budget_pools.size()));
 }
 
 // Plain prose from a small vocabulary, long enough for a 256-token window.

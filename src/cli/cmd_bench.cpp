@@ -39,6 +39,10 @@ void register_bench(CLI::App& app) {
   sub->add_option("--windows", o->bench.n_windows, "quality windows (held-out files)")->check(CLI::Range(1, 100000));
   sub->add_option("--sinks", o->bench.sinks, "sinks of every policy but window")->check(CLI::Range(0, 1 << 20));
   sub->add_option("--window", o->bench.window, "local window of every policy")->check(CLI::Range(1, 1 << 20));
+  sub->add_option("--window-share", o->bench.window_share,
+                  "budget curves: the window takes this share of a share's slots per head (at least 16, at most "
+                  "--window), the scored budget the rest; 0 = always --window (default 0.25)")
+      ->check(CLI::Range(0.0, 1.0));
   sub->add_option("--shares", o->bench.shares, "budget sweep as shares of --ctx kept (sinks + window + budget)")
       ->delimiter(',')->check(CLI::Range(0.0, 1.0));
   sub->add_option("--thresholds", o->bench.thresholds, "learned per-head threshold sweep")->delimiter(',');
@@ -133,8 +137,9 @@ void register_bench(CLI::App& app) {
     auto rescaled = [&](eval::bench_config c, int ctx) {
       if (c.policy.mode == select_mode::budget) {
         const policy_config& p = c.policy;
-        c.policy.budget = eval::budget_for_share(static_cast<double>(p.sinks + p.window + p.budget) / b.ctx, ctx,
-                                                 p.sinks, p.window);
+        const double share = static_cast<double>(p.sinks + p.window + p.budget) / b.ctx;
+        c.policy.window = eval::window_for_share(share, ctx, b.window, b.window_share);
+        c.policy.budget = eval::budget_for_share(share, ctx, p.sinks, c.policy.window);
         c.knob = c.policy.budget;
       }
       return c;

@@ -39,6 +39,12 @@ int budget_for_share(double share, int ctx, int sinks, int window) {
   return std::max(0, static_cast<int>(std::lround(share * ctx)) - sinks - window);
 }
 
+int window_for_share(double share, int ctx, int window, double window_share) {
+  if (window_share <= 0.0) return window;
+  const int w = static_cast<int>(std::lround(window_share * share * ctx));
+  return std::clamp(w, std::min(16, window), window);
+}
+
 std::vector<bench_config> bench_configs(const bench_options& o, const gate_meta* gates) {
   std::vector<bench_config> configs;
   configs.push_back({"full", resolve_policy({}, nullptr), 0.0, "-"});
@@ -60,7 +66,8 @@ std::vector<bench_config> bench_configs(const bench_options& o, const gate_meta*
     for (int outside = 0; outside < (name == "snapkv" ? 2 : 1); ++outside) {
       for (double share : o.shares) {
         policy_request req = request(name, sinks, "per-head");
-        req.budget = budget_for_share(share, o.ctx, sinks, o.window);
+        req.window = window_for_share(share, o.ctx, o.window, o.window_share);
+        req.budget = budget_for_share(share, o.ctx, sinks, *req.window);
         add(outside ? name + "-ctx" : name, req, *req.budget, "budget");
         configs.back().question_outside = outside;
         configs.back().evict_once = name == "snapkv";
@@ -81,7 +88,8 @@ std::vector<bench_config> bench_configs(const bench_options& o, const gate_meta*
     for (const std::string& pool : o.budget_pools) {
       for (double share : o.shares) {
         policy_request req = request("learned", o.sinks, "per-head");
-        req.budget = budget_for_share(share, o.ctx, o.sinks, o.window);
+        req.window = window_for_share(share, o.ctx, o.window, o.window_share);
+        req.budget = budget_for_share(share, o.ctx, o.sinks, *req.window);
         req.pool = pool;
         add(pool == "head" ? std::string("learned-budget") : "learned-budget-" + pool, req, *req.budget, "budget");
       }

@@ -49,6 +49,12 @@ struct bench_options {
   int batch = 64;           // prefill chunk: the policy evicts between chunks
   int n_windows = 4;        // quality windows (one per held-out file long enough)
   int sinks = 4, window = 128;
+  // Budget curves: F > 0 gives the window F of the share's slots per head (at least 16, at most
+  // `window`) and the rest to the scored budget, for every policy alike; 0 keeps `window` at every
+  // share. With 0.25, shares of 25% and more of 2048 tokens keep the window of 128; at 12.5% a
+  // window of 64 instead of 128 lowered the learned and H2O perplexity and quadrupled the learned
+  // budget's retrieval (README, "Budget and window").
+  double window_share = 0.25;
   std::vector<double> shares = {0.125, 0.25, 0.5};  // budget curves: (sinks + window + B) / ctx
   // Threshold sweeps of the learned gates, chosen to span about 10-60% of the KV cache at 2048
   // tokens on SmolLM2-135M; global 0.5 is the seed's Global Union at its default threshold.
@@ -78,6 +84,9 @@ std::vector<bench_config> bench_configs(const bench_options& options, const gate
 
 // Budget B (long-term slots per head) for a share of ctx beyond sinks and window (>= 0).
 int budget_for_share(double share, int ctx, int sinks, int window);
+// The window of a budget curve at a share of ctx: `window`, or with window_share > 0 that share
+// of the share's slots, clamped to [min(16, window), window].
+int window_for_share(double share, int ctx, int window, double window_share);
 
 struct quality_result {
   int64_t n_tokens = 0;      // predicted tokens, all windows

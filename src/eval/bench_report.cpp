@@ -391,6 +391,7 @@ void write_bench_report(const bench_input& in, const ordered_json& summary, cons
                       {"windows", in.windows.size()},
                       {"sinks", in.options.sinks},
                       {"window", in.options.window},
+                      {"window_share", in.options.window_share},
                       {"shares", in.options.shares},
                       {"matched_share", in.options.matched_share},
                       {"needle_cases", in.cases.size()},
