@@ -41,7 +41,7 @@ void register_bench(CLI::App& app) {
   sub->add_option("--window", o->bench.window, "local window of every policy")->check(CLI::Range(1, 1 << 20));
   sub->add_option("--window-share", o->bench.window_share,
                   "budget curves: the window takes this share of a share's slots per head (at least 16, at most "
-                  "--window), the scored budget the rest; 0 = always --window (default 0.25)")
+                  "--window), the scored budget the rest; 0 = always --window (default)")
       ->check(CLI::Range(0.0, 1.0));
   sub->add_option("--shares", o->bench.shares, "budget sweep as shares of --ctx kept (sinks + window + budget)")
       ->delimiter(',')->check(CLI::Range(0.0, 1.0));
