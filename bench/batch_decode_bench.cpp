@@ -33,16 +33,21 @@ std::vector<kvgate::session*> sessions_with_context(const kvgate::model& m, int 
   return ss;
 }
 
-// arg: sessions in the batch
-void batched(benchmark::State& state) {
+// One batched step of state.range(0) sessions on n_threads threads, timed.
+void run_batched(benchmark::State& state, int n_threads) {
   const kvgate::model& m = default_model();
   const int n = static_cast<int>(state.range(0));
   const std::vector<kvgate::session*> ptrs = sessions_with_context(m, n);
   std::vector<int32_t> ids(n, 42);
   kvgate::batch_decoder dec(m);
+  kvgate::set_compute_threads(n_threads);
   for (auto _ : state) benchmark::DoNotOptimize(dec.step(ptrs, ids).data());
+  kvgate::set_compute_threads(1);
   state.counters["tokens/s"] = benchmark::Counter(static_cast<double>(state.iterations()) * n, benchmark::Counter::kIsRate);
 }
+
+// arg: sessions in the batch
+void batched(benchmark::State& state) { run_batched(state, 1); }
 
 void one_by_one(benchmark::State& state) {
   const kvgate::model& m = default_model();
@@ -56,17 +61,7 @@ void one_by_one(benchmark::State& state) {
 }
 
 // arg: sessions in the batch; 2 threads
-void batched_threads(benchmark::State& state) {
-  const kvgate::model& m = default_model();
-  const int n = static_cast<int>(state.range(0));
-  const std::vector<kvgate::session*> ptrs = sessions_with_context(m, n);
-  std::vector<int32_t> ids(n, 42);
-  kvgate::batch_decoder dec(m);
-  kvgate::set_compute_threads(2);
-  for (auto _ : state) benchmark::DoNotOptimize(dec.step(ptrs, ids).data());
-  kvgate::set_compute_threads(1);
-  state.counters["tokens/s"] = benchmark::Counter(static_cast<double>(state.iterations()) * n, benchmark::Counter::kIsRate);
-}
+void batched_threads(benchmark::State& state) { run_batched(state, 2); }
 
 BENCHMARK(batched)->Arg(1)->Arg(2)->Arg(4)->Arg(8)->Arg(16)->Unit(benchmark::kMillisecond)->MinTime(2.0);
 BENCHMARK(batched_threads)->Arg(1)->Arg(8)->Unit(benchmark::kMillisecond)->MinTime(2.0);
