@@ -2,6 +2,7 @@
 // every family, chunking/decoding consistency, and mask mode vs hard eviction.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -365,6 +366,44 @@ TEST(sampler, top_p_cuts_the_tail_and_seed_reproduces) {
     EXPECT_NE(x, 0);  // 0.7 + 0.2 reaches 0.85: token 0 is outside the nucleus
     EXPECT_EQ(x, b.sample(logits));
   }
+}
+
+// log_softmax and the KL from log-probabilities run on the vector exp; the reference is the
+// textbook formula in double with std::exp, over a vocabulary-sized row with a wide logit range
+// (and a length that is not a multiple of the 8-lane or 256-element blocks).
+TEST(sampler, log_softmax_and_kl_match_double_precision_reference) {
+  const int n = 49157;
+  std::mt19937 rng(21);
+  std::normal_distribution<float> normal(0.0f, 4.0f);
+  std::vector<float> a(n), b(n);
+  for (int i = 0; i < n; ++i) {
+    a[i] = normal(rng);
+    b[i] = a[i] + 0.5f * normal(rng);
+  }
+  a[17] = 30.0f;  // one dominant token
+  auto reference = [&](const std::vector<float>& x) {
+    const double mx = *std::max_element(x.begin(), x.end());
+    double z = 0.0;
+    for (float v : x) z += std::exp(static_cast<double>(v) - mx);
+    std::vector<double> lp(n);
+    for (int i = 0; i < n; ++i) lp[i] = x[i] - mx - std::log(z);
+    return lp;
+  };
+  const std::vector<double> ra = reference(a), rb = reference(b);
+  std::vector<float> la(n), lb(b);
+  log_softmax(a.data(), n, la.data());
+  log_softmax(lb.data(), n, lb.data());  // in place
+  double worst = 0.0;
+  for (int i = 0; i < n; ++i) {
+    worst = std::max(worst, std::abs(la[i] - ra[i]) / std::max(1.0, std::abs(ra[i])));
+    worst = std::max(worst, std::abs(lb[i] - rb[i]) / std::max(1.0, std::abs(rb[i])));
+  }
+  EXPECT_LT(worst, 1e-6);
+  double kl = 0.0;
+  for (int i = 0; i < n; ++i) kl += std::exp(ra[i]) * (ra[i] - rb[i]);
+  ASSERT_GT(kl, 0.01);
+  EXPECT_NEAR(kl_from_log_probs(la.data(), lb.data(), n), kl, 1e-5 * kl);
+  EXPECT_NEAR(kl_from_log_probs(la.data(), la.data(), n), 0.0, 1e-12);
 }
 
 }  // namespace

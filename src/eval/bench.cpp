@@ -349,9 +349,7 @@ std::vector<quality_result> run_quality(const model& m, std::shared_ptr<const ga
           float* lq = row.data() + static_cast<size_t>(omp_get_thread_num()) * n_vocab;
           log_softmax(logits.data() + static_cast<size_t>(t) * n_vocab, n_vocab, lq);
           const float* lp = ref.data() + p * n_vocab;
-          double d = 0.0;
-          for (int v = 0; v < n_vocab; ++v) d += std::exp(static_cast<double>(lp[v])) * (lp[v] - lq[v]);
-          kl += std::max(0.0, d);
+          kl += std::max(0.0, kl_from_log_probs(lp, lq, n_vocab));
           nll -= lq[w.tokens[p + 1]];
           agree += argmax(lq, n_vocab) == ref_top[p];
         }

@@ -130,76 +130,132 @@ void session::attention(int il, int n_tok, const int32_t* pos) {
   }
 }
 
+namespace {
+
+// The passes beside the kernel score tiles of queries against lists of slots through the kernel's
+// scores pass (attend_scores): a tile is up to k_attn_max_group queries, the group's query heads
+// for a few consecutive tokens, so each K row is read once per tile, not once per token.
+struct score_tiles {
+  int n_tok, n_head, n_group, d, n_tile;
+  float scale;
+
+  score_tiles(const model_config& c, int n_tok)
+      : n_tok(n_tok), n_head(c.n_head), n_group(c.n_group()), d(c.d_head),
+        n_tile(std::max(1, k_attn_max_group / c.n_group())), scale(1.0f / std::sqrt(static_cast<float>(c.d_head))) {}
+
+  int n_tiles() const { return (n_tok + n_tile - 1) / n_tile; }
+
+  // For tile `tile` of KV head h: the scores of its queries (token t0 + r / n_group, query head
+  // r % n_group of the group) against the first slots of `slots` (ascending physical indices)
+  // that its last token sees, as rows sc [n_q][n]; then per query f(t, gi, row, cnt) with the
+  // cnt <= n slots that token sees. q: the step's queries [n_tok, n_head, d].
+  template <typename F>
+  void run(const kv_head& h, int ih, int tile, const float* q, const std::vector<uint32_t>& slots,
+           std::vector<float>& qt, std::vector<float>& sc, F&& f) const {
+    const int t0 = tile * n_tile, t1 = std::min(n_tok, t0 + n_tile);
+    auto seen_by = [&](int t) {  // slots of the list token t sees (its own and those before)
+      const uint32_t n_visible = static_cast<uint32_t>(h.n_slots() - static_cast<size_t>(n_tok - 1 - t));
+      return static_cast<size_t>(std::lower_bound(slots.begin(), slots.end(), n_visible) - slots.begin());
+    };
+    const size_t n = seen_by(t1 - 1);
+    const int n_q = (t1 - t0) * n_group;
+    qt.resize(static_cast<size_t>(n_q) * d);
+    for (int t = t0; t < t1; ++t) {
+      const size_t src = (static_cast<size_t>(t) * n_head + static_cast<size_t>(ih) * n_group) * d;
+      std::copy_n(q + src, static_cast<size_t>(n_group) * d, qt.data() + static_cast<size_t>(t - t0) * n_group * d);
+    }
+    sc.resize(static_cast<size_t>(n_q) * n);
+    alignas(32) float s[k_attn_max_group][k_attn_block];
+    for (int g0 = 0; g0 < n_q; g0 += k_attn_max_group) {
+      const int ng = std::min(k_attn_max_group, n_q - g0);
+      for (size_t j0 = 0; j0 < n; j0 += k_attn_block) {
+        const int nb = static_cast<int>(std::min<size_t>(k_attn_block, n - j0));
+        attend_scores(h.k, slots.data() + j0, nb, qt.data() + static_cast<size_t>(g0) * d, ng, scale, s);
+        for (int g = 0; g < ng; ++g) std::copy_n(s[g], nb, sc.data() + static_cast<size_t>(g0 + g) * n + j0);
+      }
+    }
+    for (int t = t0; t < t1; ++t) {
+      const size_t cnt = seen_by(t);
+      for (int gi = 0; gi < n_group; ++gi) f(t, gi, sc.data() + (static_cast<size_t>(t - t0) * n_group + gi) * n, cnt);
+    }
+  }
+};
+
+// The physical slots of h with masked[j] == want, ascending.
+void slots_where(const kv_head& h, uint8_t want, std::vector<uint32_t>& out) {
+  out.clear();
+  for (size_t j = 0; j < h.n_slots(); ++j) {
+    if (h.masked[j] == want) out.push_back(static_cast<uint32_t>(j));
+  }
+}
+
+}  // namespace
+
 // attn_weights_[g] [n_tok, n_slots]: exp(s - m) / l over the visible live slots, 0 elsewhere, with
 // the kernel's statistics m, l.
 void session::attention_weights(int il, int n_tok) {
   const model_config& c = model_.config();
-  const int d = c.d_head;
   const int n_group = c.n_group();
-  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   attn_weights_.resize(c.n_head);
   for (int g = 0; g < c.n_head; ++g) {
     attn_weights_[g].assign(static_cast<size_t>(n_tok) * cache_.head(il, g / n_group).n_slots(), 0.0f);
   }
-  const int n_pairs = c.n_kv_head * n_tok;
+  pass_slots_.resize(c.n_kv_head);
+  for (int ih = 0; ih < c.n_kv_head; ++ih) slots_where(cache_.head(il, ih), 0, pass_slots_[ih]);
+  const score_tiles tiles(c, n_tok);
+  const int n_tasks = c.n_kv_head * tiles.n_tiles();
 #pragma omp parallel num_threads(compute_threads())
   {
-    std::vector<float> kbuf(d);
-#pragma omp for schedule(dynamic, 4)
-    for (int pair = 0; pair < n_pairs; ++pair) {
-      const int ih = pair / n_tok, t = pair % n_tok;
+    std::vector<float> qt, sc;
+#pragma omp for schedule(dynamic, 1)
+    for (int task = 0; task < n_tasks; ++task) {
+      const int ih = task % c.n_kv_head, tile = task / c.n_kv_head;
       const kv_head& h = cache_.head(il, ih);
-      const size_t n_visible = h.n_slots() - static_cast<size_t>(n_tok - 1 - t);
-      for (size_t j = 0; j < n_visible; ++j) {
-        if (h.masked[j]) continue;
-        h.k.row_to_float(j, kbuf.data());
-        for (int gi = 0; gi < n_group; ++gi) {
-          const size_t qi = static_cast<size_t>(t) * c.n_head + static_cast<size_t>(ih) * n_group + gi;
-          const float s = simd::dot(a_.q.data() + qi * d, kbuf.data(), d) * scale;
-          attn_weights_[ih * n_group + gi][static_cast<size_t>(t) * h.n_slots() + j] =
-              std::exp(s - attn_m_[qi]) / attn_l_[qi];
-        }
-      }
+      const std::vector<uint32_t>& live = pass_slots_[ih];
+      tiles.run(h, ih, tile, a_.q.data(), live, qt, sc, [&](int t, int gi, float* row, size_t cnt) {
+        const size_t qi = static_cast<size_t>(t) * c.n_head + static_cast<size_t>(ih) * n_group + gi;
+        simd::exp_shifted(row, attn_m_[qi], row, static_cast<int64_t>(cnt));
+        const float inv_l = 1.0f / attn_l_[qi];
+        float* w = attn_weights_[ih * n_group + gi].data() + static_cast<size_t>(t) * h.n_slots();
+        for (size_t k = 0; k < cnt; ++k) w[live[k]] = row[k] * inv_l;
+      });
     }
   }
 }
 
 // For every (query head, token): the live share of the softmax mass over every visible slot,
-// masked ones included, relative to the kernel's m and l (the masked slots' scores may exceed m:
-// double).
+// masked ones included, relative to the kernel's m and l. The masked slots' scores may exceed m,
+// so their mass is exp(mx - m) (in double) times the sum of exp(s - mx) (mx: their largest score).
+// Summed per task, then over tasks in order (the same bits for any thread count).
 void session::attention_recall(int il, int n_tok) {
   const model_config& c = model_.config();
-  const int d = c.d_head;
   const int n_group = c.n_group();
-  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-  const int n_pairs = c.n_kv_head * n_tok;
-  double recall_sum = 0.0;
+  pass_slots_.resize(c.n_kv_head);
+  for (int ih = 0; ih < c.n_kv_head; ++ih) slots_where(cache_.head(il, ih), 1, pass_slots_[ih]);
+  const score_tiles tiles(c, n_tok);
+  const int n_tasks = c.n_kv_head * tiles.n_tiles();
+  std::vector<double> task_sum(n_tasks, 0.0);
 #pragma omp parallel num_threads(compute_threads())
   {
-    std::vector<float> kbuf(d);
-    std::vector<double> masked_mass(n_group);
-#pragma omp for schedule(dynamic, 4) reduction(+ : recall_sum)
-    for (int pair = 0; pair < n_pairs; ++pair) {
-      const int ih = pair / n_tok, t = pair % n_tok;
-      const kv_head& h = cache_.head(il, ih);
-      const size_t n_visible = h.n_slots() - static_cast<size_t>(n_tok - 1 - t);
-      const size_t q0 = static_cast<size_t>(t) * c.n_head + static_cast<size_t>(ih) * n_group;
-      std::fill(masked_mass.begin(), masked_mass.end(), 0.0);
-      for (size_t j = 0; j < n_visible; ++j) {
-        if (!h.masked[j]) continue;
-        h.k.row_to_float(j, kbuf.data());
-        for (int gi = 0; gi < n_group; ++gi) {
-          const float s = simd::dot(a_.q.data() + (q0 + gi) * d, kbuf.data(), d) * scale;
-          masked_mass[gi] += std::exp(static_cast<double>(s) - attn_m_[q0 + gi]);
-        }
-      }
-      for (int gi = 0; gi < n_group; ++gi) {
-        const double live = attn_l_[q0 + gi];
-        recall_sum += live / (live + masked_mass[gi]);
-      }
+    std::vector<float> qt, sc;
+#pragma omp for schedule(dynamic, 1)
+    for (int task = 0; task < n_tasks; ++task) {
+      const int ih = task % c.n_kv_head, tile = task / c.n_kv_head;
+      tiles.run(cache_.head(il, ih), ih, tile, a_.q.data(), pass_slots_[ih], qt, sc,
+                [&](int t, int gi, float* row, size_t cnt) {
+                  const size_t qi = static_cast<size_t>(t) * c.n_head + static_cast<size_t>(ih) * n_group + gi;
+                  double masked_mass = 0.0;
+                  if (cnt > 0) {
+                    const float mx = *std::max_element(row, row + cnt);
+                    simd::exp_shifted(row, mx, row, static_cast<int64_t>(cnt));
+                    masked_mass = std::exp(static_cast<double>(mx) - attn_m_[qi]) * simd::sum(row, static_cast<int64_t>(cnt));
+                  }
+                  const double live = attn_l_[qi];
+                  task_sum[task] += live / (live + masked_mass);
+                });
     }
   }
-  recall_[il].sum += recall_sum;
+  for (double x : task_sum) recall_[il].sum += x;
   recall_[il].n += static_cast<int64_t>(c.n_head) * n_tok;
 }
 

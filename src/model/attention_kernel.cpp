@@ -134,13 +134,12 @@ void block_pass(bool scores, const uint8_t* const* rows, int nb, const float* q,
   for (int g0 = 0; g0 < n_q; g0 += k_sub) {
     const int ng = std::min(k_sub, n_q - g0);
     const float* qg = q + static_cast<size_t>(g0) * d;
-    float* og = o + static_cast<size_t>(g0) * d;
     float (*sg)[k_attn_block] = s + g0;
-    switch (ng) {
-#define KVGATE_CASE(N)                                               \
-  case N:                                                            \
-    if (scores) block_scores<T, N>(rows, nb, qg, d, scale, sg);      \
-    else block_values<T, N>(rows, nb, sg, og, d);                    \
+    switch (ng) {  // o is not used (may be null) in the scores pass
+#define KVGATE_CASE(N)                                                                 \
+  case N:                                                                              \
+    if (scores) block_scores<T, N>(rows, nb, qg, d, scale, sg);                        \
+    else block_values<T, N>(rows, nb, sg, o + static_cast<size_t>(g0) * d, d);         \
     break;
       KVGATE_CASE(1)
       KVGATE_CASE(2)
@@ -307,6 +306,28 @@ void attend_chunk(const kv_rows& k, const kv_rows& v, std::span<const slot_run> 
     const int n = std::min(k_attn_max_group, n_q - g0);
     attend_chunk_group(k, v, runs, live_first, live_end, q + static_cast<size_t>(g0) * d, n,
                        limit ? limit + g0 : nullptr, scale, m + g0, l + g0, o + static_cast<size_t>(g0) * d);
+  }
+}
+
+void attend_scores(const kv_rows& k, const uint32_t* idx, int nb, const float* q, int n_q, float scale,
+                   float (*s)[k_attn_block]) {
+  const int d = k.d();
+  if (d > k_attn_max_d) fail("attention: d_head {} exceeds the kernel's limit {}", d, k_attn_max_d);
+  if (n_q > k_attn_max_group || nb > k_attn_block) {
+    fail("attend_scores: {} queries x {} slots exceed the block of {} x {}", n_q, nb, k_attn_max_group, k_attn_block);
+  }
+#ifdef KVGATE_AVX2
+  if (d % 8 == 0) {
+    thread_local std::vector<float> block_storage;
+    block_storage.resize(static_cast<size_t>(k_attn_block) * d);
+    block_pass_any(true, k, idx, nb, q, n_q, d, scale, s, nullptr, block_storage.data());
+    return;
+  }
+#endif
+  alignas(32) float kbuf[k_attn_max_d];
+  for (int j = 0; j < nb; ++j) {
+    const float* kr = row_f32(k, idx[j], kbuf);
+    for (int g = 0; g < n_q; ++g) s[g][j] = simd::dot(q + static_cast<size_t>(g) * d, kr, d) * scale;
   }
 }
 

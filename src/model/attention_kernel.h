@@ -42,6 +42,13 @@ void attend_chunk(const kv_rows& k, const kv_rows& v, std::span<const slot_run> 
                   size_t live_end, const float* q, int n_q, const uint32_t* limit, float scale, float* m,
                   float* l, float* o);
 
+// The kernel's scores pass alone: s[g][j] = dot(q_g, k_idx[j]) * scale for n_q <= k_attn_max_group
+// queries q [n_q, d] and nb <= k_attn_block key rows (physical slots idx), the bits attend_chunk
+// computes. For the passes beside the kernel (attention weights, recall) that score a tile of
+// queries against a list of slots.
+void attend_scores(const kv_rows& k, const uint32_t* idx, int nb, const float* q, int n_q, float scale,
+                   float (*s)[k_attn_block]);
+
 // Merges n_parts partials in order: m_parts/l_parts [n_parts, n_q], o_parts [n_parts, n_q, d];
 // out [n_q, d] = the normalized output; m_out, l_out [n_q] the softmax statistics relative to
 // the overall largest score (may be null).

@@ -127,6 +127,7 @@ class session {
   std::vector<std::vector<float>> attn_weights_;  // [n_head][n, n_slots] for the observer
   std::vector<float> attn_m_, attn_l_;  // [n, n_head] softmax max score and sum relative to it
   std::vector<std::vector<slot_run>> runs_;  // [n_kv_head] live slots of the current layer
+  std::vector<std::vector<uint32_t>> pass_slots_;  // [n_kv_head] the slots a weights or recall pass scores
   std::vector<size_t> task_first_;      // [n_kv_head + 1] first decode task of each kv head
   std::vector<float> partials_;         // [n_tasks, n_group * (d_head + 2)] decode partials
   std::vector<float> merge_buf_;

@@ -26,14 +26,18 @@ class sampler {
   std::vector<std::pair<float, int32_t>> candidates_;  // (logit, id)
 };
 
-// The one place for these three (generation, perplexity and the bench all use them).
+// The one place for these (generation, perplexity and the bench all use them).
 // Index of the largest logit (the first of equals); throws error for an empty row.
 int32_t argmax(std::span<const float> logits);
 inline int32_t argmax(const float* logits, int64_t n) { return argmax(std::span<const float>(logits, n)); }
 // log(sum(exp(logits))), shifted by the max and summed in double.
 double log_sum_exp(std::span<const float> logits);
-// out[i] = logits[i] - log_sum_exp(logits): logits [n] -> out [n] (may alias).
+// out[i] = logits[i] - log(sum(exp(logits))): logits [n] -> out [n] (may alias). The sum runs
+// through the vector exp (simd::exp_shifted) for the bench's millions of rows; log_sum_exp and
+// token_nll keep std::exp and are its reference in the tests.
 void log_softmax(const float* logits, int64_t n, float* out);
+// KL(p || q) = sum p (log p - log q) from log-probabilities lp, lq [n], p by the vector exp.
+double kl_from_log_probs(const float* lp, const float* lq, int64_t n);
 // -log softmax(logits)[target], in double.
 double token_nll(std::span<const float> logits, int32_t target);
 

@@ -103,6 +103,28 @@ inline void exp_shifted(const float* x, float shift, float* y, int64_t n) {
   for (; i < n; ++i) y[i] = exp_approx(x[i] - shift);
 }
 
+// The sum of x[0..n) in double: float lanes over blocks of 256, each block's total added in double
+// (a fixed order, so the same inputs give the same bits).
+inline double sum(const float* x, int64_t n) {
+  double total = 0.0;
+  for (int64_t b = 0; b < n; b += 256) {
+    const int64_t e = b + 256 < n ? b + 256 : n;
+    int64_t i = b;
+    float acc = 0.0f;
+#if defined(__AVX2__) && defined(__FMA__)
+    __m256 v = _mm256_setzero_ps();
+    for (; i + 8 <= e; i += 8) v = _mm256_add_ps(v, _mm256_loadu_ps(x + i));
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    acc = _mm_cvtss_f32(s);
+#endif
+    for (; i < e; ++i) acc += x[i];
+    total += acc;
+  }
+  return total;
+}
+
 // y *= a
 inline void scale(float a, float* y, int64_t n) {
   int64_t j = 0;
