@@ -204,6 +204,40 @@ TEST(bench, end_to_end_figures_agree_with_perplexity_and_the_budgets) {
   EXPECT_TRUE(fs::exists(out + "/retrieval.png"));
 }
 
+// --prefill int8 runs every session on the integer kernels: the full cache and a policy give what
+// `kvgate perplexity --prefill int8` gives (hard eviction there, mask mode here), and not the f32
+// figures.
+TEST(bench, int8_prefill_figures_agree_with_int8_perplexity) {
+  const std::string corpus = test::temp_dir() + "/corpus";
+  fs::create_directories(corpus);
+  std::ofstream(corpus + "/doc.txt") << prose(7, 80);
+  const std::string common = " --model " + test::default_model_path() + " --threads 2";
+  const std::string args = " --corpus " + corpus + " --ctx 256 --batch 32 --windows 1 --window 32 --shares 0.5 "
+                           "--baselines h2o --needle-cases 0 --retrieval-cases 0 --no-plots";
+  const std::string out8 = test::temp_dir() + "/int8", out32 = test::temp_dir() + "/f32";
+  const run_result r8 = run("bench" + common + args + " --prefill int8 --out " + out8);
+  ASSERT_EQ(r8.status, 0) << r8.err;
+  const run_result r32 = run("bench" + common + args + " --out " + out32);
+  ASSERT_EQ(r32.status, 0) << r32.err;
+  const auto report = nlohmann::json::parse(std::ifstream(out8 + "/report.json"));
+  const auto report32 = nlohmann::json::parse(std::ifstream(out32 + "/report.json"));
+  EXPECT_EQ(report["options"]["prefill"], "int8");
+  EXPECT_EQ(report32["options"]["prefill"], "f32");
+  const std::string file = report["quality_windows"][0];
+  const auto& rows = report["rows"];
+  ASSERT_EQ(rows.size(), 2u);  // full, h2o
+  for (int i = 0; i < 2; ++i) {
+    const std::string policy = rows[i]["policy"];
+    const run_result p = run("perplexity" + common + " --prefill int8 --file " + file + " --ctx 256 --batch 32 --max-windows 1" +
+                             (policy == "full" ? "" : " --window 32 --budget 92 --policy " + policy));
+    ASSERT_EQ(p.status, 0) << p.err;
+    const double ppl = nlohmann::json::parse(p.out)["ppl"];
+    const double bench_ppl = rows[i]["quality"]["ppl"].get<double>();
+    EXPECT_NEAR(bench_ppl, ppl, 1e-4 * ppl) << policy;
+    EXPECT_NE(bench_ppl, report32["rows"][i]["quality"]["ppl"].get<double>()) << policy;
+  }
+}
+
 TEST(bench, bad_options_fail_with_a_message) {
   const std::string common = " --model " + test::default_model_path() + " --threads 1 --out " + test::temp_dir() + "/x";
   run_result r = run("bench" + common + " --baselines learned");

@@ -28,6 +28,7 @@ void register_bench(CLI::App& app) {
     eval::bench_options bench;
     bool no_plots = false;
     std::string suite = "all";
+    std::string prefill = "f32";  // exact to float rounding, as perplexity; int8 as generate and serve
   };
   auto o = std::make_shared<opts>();
   add_model_options(*sub, *o);
@@ -36,6 +37,7 @@ void register_bench(CLI::App& app) {
   sub->add_option("--corpus", o->corpus, "held-out text files or directories (default: git-doc)")->delimiter(',');
   sub->add_option("--ctx", o->bench.ctx, "tokens per quality window and needle prompt")->check(CLI::Range(64, 1 << 20));
   sub->add_option("--batch", o->bench.batch, "prefill chunk: the policy evicts between chunks")->check(CLI::Range(1, 4096));
+  add_prefill_option(*sub, o->prefill);
   sub->add_option("--windows", o->bench.n_windows, "quality windows (held-out files)")->check(CLI::Range(1, 100000));
   sub->add_option("--sinks", o->bench.sinks, "sinks of every policy but window")->check(CLI::Range(0, 1 << 20));
   sub->add_option("--window", o->bench.window, "local window of every policy")->check(CLI::Range(1, 1 << 20));
@@ -72,6 +74,7 @@ void register_bench(CLI::App& app) {
   sub->add_flag("--no-plots", o->no_plots, "no gnuplot PNGs");
 
   sub->callback([o] {
+    o->bench.prefill = parse_prefill(o->prefill);
     const eval::bench_options& b = o->bench;
     if (o->suite != "all" && o->suite != "quality" && o->suite != "retrieval") {
       fail("unknown suite '{}' (known: all, quality, retrieval)", o->suite);
@@ -189,7 +192,7 @@ void register_bench(CLI::App& app) {
         if (source[i] == measured.size()) measured.push_back(c);
       }
       const std::vector<eval::quality_result> quality =
-          eval::run_quality(*m, gates, measured, in.windows, b.batch, progress);
+          eval::run_quality(*m, gates, measured, in.windows, b.batch, b.prefill, progress);
       units_before = quality_units;
       for (size_t i = 0; i < configs.size(); ++i) {
         eval::bench_row row;
@@ -210,14 +213,14 @@ void register_bench(CLI::App& app) {
       }
       if (curve != "full" && std::abs(best->quality.share_final - b.matched_share) > 0.05) continue;
       if (!in.cases.empty()) {
-        best->needle = eval::run_needle(*m, gates, rescaled(best->config, needle_ctx), in.cases, b.batch, progress);
+        best->needle = eval::run_needle(*m, gates, rescaled(best->config, needle_ctx), in.cases, b.batch, b.prefill, progress);
         best->has_needle = true;
         units_before += in.cases.size();
       }
       if (run_retrieval) retrieval_configs.push_back(rescaled(best->config, retrieval_ctx));
     }
     for (const eval::bench_config& c : retrieval_configs) {
-      in.retrieval.push_back({c, eval::run_retrieval(*m, gates, c, in.retrieval_cases, b.batch, progress)});
+      in.retrieval.push_back({c, eval::run_retrieval(*m, gates, c, in.retrieval_cases, b.batch, b.prefill, progress)});
       units_before += in.retrieval_cases.size();
     }
     std::fprintf(stderr, "\n");

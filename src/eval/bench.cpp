@@ -265,7 +265,7 @@ std::vector<needle_case> needle_cases(const std::vector<std::string>& corpus, co
 
 std::vector<quality_result> run_quality(const model& m, std::shared_ptr<const gate_bank> gates,
                                         const std::vector<bench_config>& configs,
-                                        const std::vector<bench_text>& windows, int batch,
+                                        const std::vector<bench_text>& windows, int batch, linear_rows prefill,
                                         const bench_progress& progress) {
   const model_config& mc = m.config();
   const int n_vocab = mc.n_vocab;
@@ -294,7 +294,7 @@ std::vector<quality_result> run_quality(const model& m, std::shared_ptr<const ga
     size_t ref_bytes = 0;
     {
       const auto t0 = steady::now();
-      session s(m, {.n_ctx = ctx, .n_batch = batch});
+      session s(m, {.n_ctx = ctx, .n_batch = batch, .prefill = prefill});
       run_window_chunks(s, w.tokens, batch, [&](int first, std::span<const float> logits, int n_rows) {
         double nll = 0.0;
 #pragma omp parallel for num_threads(compute_threads()) reduction(+ : nll)
@@ -335,7 +335,7 @@ std::vector<quality_result> run_quality(const model& m, std::shared_ptr<const ga
         continue;
       }
       const auto t0 = steady::now();
-      session s(m, {.n_ctx = ctx, .n_batch = batch});
+      session s(m, {.n_ctx = ctx, .n_batch = batch, .prefill = prefill});
       s.cache().set_mask_mode(true);
       s.set_measure_recall(true);
       auto runner = make_policy(config.policy, mc, gates);
@@ -404,14 +404,15 @@ std::vector<quality_result> run_quality(const model& m, std::shared_ptr<const ga
 }
 
 needle_result run_needle(const model& m, std::shared_ptr<const gate_bank> gates, const bench_config& config,
-                         const std::vector<needle_case>& cases, int batch, const bench_progress& progress) {
+                         const std::vector<needle_case>& cases, int batch, linear_rows prefill,
+                         const bench_progress& progress) {
   const int n_vocab = m.config().n_vocab;
   needle_result r;
   r.n_cases = static_cast<int>(cases.size());
   double prefill_tokens = 0, prefill_s = 0, share = 0, nll_sum = 0;
   for (size_t i = 0; i < cases.size(); ++i) {
     const needle_case& c = cases[i];
-    session s(m, {.n_ctx = static_cast<int>(c.prompt.size() + c.answer_tokens.size()), .n_batch = batch});
+    session s(m, {.n_ctx = static_cast<int>(c.prompt.size() + c.answer_tokens.size()), .n_batch = batch, .prefill = prefill});
     auto runner = make_policy(policy_for_prompt(config, c.question_start, static_cast<int>(c.prompt.size())),
                               m.config(), gates);
     runner->attach(s);

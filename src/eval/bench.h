@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "gate/gate_bank.h"
+#include "model/linear.h"
 #include "policy/policy.h"
 
 namespace kvgate {
@@ -47,6 +48,11 @@ struct bench_config {
 struct bench_options {
   int ctx = 2048;           // tokens per quality window and per needle prompt
   int batch = 64;           // prefill chunk: the policy evicts between chunks
+  // Prompt math of every session (model/linear.h): automatic (f32 over dequantized weights, exact
+  // to float rounding: the default, and every README table unless it says otherwise) or quantized
+  // (8-bit activations, the arithmetic generate, chat and serve use; a run ~1.45x faster, the full
+  // cache's perplexity +0.2%; the main job uses it).
+  linear_rows prefill = linear_rows::automatic;
   int n_windows = 4;        // quality windows (one per held-out file long enough)
   int sinks = 4, window = 128;
   // Budget curves: F > 0 gives the window F of the share's slots per head (at least 16, at most
@@ -170,11 +176,12 @@ using bench_progress = std::function<void(const std::string& what, double done, 
 // The quality pass over every configuration (one full-cache run per window for the reference).
 std::vector<quality_result> run_quality(const model& m, std::shared_ptr<const gate_bank> gates,
                                         const std::vector<bench_config>& configs,
-                                        const std::vector<bench_text>& windows, int batch,
+                                        const std::vector<bench_text>& windows, int batch, linear_rows prefill,
                                         const bench_progress& progress);
 
 // The needle pass of one configuration.
 needle_result run_needle(const model& m, std::shared_ptr<const gate_bank> gates, const bench_config& config,
-                         const std::vector<needle_case>& cases, int batch, const bench_progress& progress);
+                         const std::vector<needle_case>& cases, int batch, linear_rows prefill,
+                         const bench_progress& progress);
 
 }  // namespace kvgate::eval

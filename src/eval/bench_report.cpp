@@ -173,9 +173,10 @@ std::string bench_summary_text(const bench_input& in, const ordered_json& summar
     return v.is_number() ? fmt::format(fmt::runtime(format), v.get<double>()) : std::string("n/a");
   };
   std::string t = fmt::format(
-      "kvgate bench: {} on {} windows of {} tokens from the held-out corpus; figures at {:.0f}% of the KV "
+      "kvgate bench: {} on {} windows of {} tokens from the held-out corpus{}; figures at {:.0f}% of the KV "
       "cache kept (measured share of head x token slots after the last step, interpolated along each curve)\n\n",
-      in.model_name, in.windows.size(), in.options.ctx, 100 * summary["matched_share"].get<double>());
+      in.model_name, in.windows.size(), in.options.ctx,
+      in.options.prefill == linear_rows::quantized ? ", int8 prefill" : "", 100 * summary["matched_share"].get<double>());
   t += fmt::format("{:<18} {:>8} {:>9} {:>8} {:>8} {:>7}   {:<22} {:>10}\n", "policy", "ppl", "ppl +%", "KL",
                    "recall", "top-1", "needle (95% CI)", "answer NLL");
   for (const ordered_json& m : summary["matched"]) {
@@ -388,6 +389,7 @@ void write_bench_report(const bench_input& in, const ordered_json& summary, cons
                     {"options",
                      {{"ctx", in.options.ctx},
                       {"batch", in.options.batch},
+                      {"prefill", in.options.prefill == linear_rows::quantized ? "int8" : "f32"},
                       {"windows", in.windows.size()},
                       {"sinks", in.options.sinks},
                       {"window", in.options.window},

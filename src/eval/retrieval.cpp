@@ -272,13 +272,14 @@ std::vector<retrieval_case> retrieval_cases(const std::vector<std::string>& corp
 }
 
 retrieval_result run_retrieval(const model& m, std::shared_ptr<const gate_bank> gates, const bench_config& config,
-                               const std::vector<retrieval_case>& cases, int batch, const bench_progress& progress) {
+                               const std::vector<retrieval_case>& cases, int batch, linear_rows prefill,
+                               const bench_progress& progress) {
   const tokenizer& vocab = m.vocab();
   retrieval_result r;
   double share = 0.0;
   for (size_t i = 0; i < cases.size(); ++i) {
     const retrieval_case& c = cases[i];
-    session s(m, {.n_ctx = static_cast<int>(c.prompt.size()) + c.max_new_tokens, .n_batch = batch});
+    session s(m, {.n_ctx = static_cast<int>(c.prompt.size()) + c.max_new_tokens, .n_batch = batch, .prefill = prefill});
     auto runner = make_policy(policy_for_prompt(config, c.question_start, static_cast<int>(c.prompt.size())),
                               m.config(), gates);
     runner->attach(s);

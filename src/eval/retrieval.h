@@ -69,7 +69,8 @@ struct retrieval_result {
 
 // Runs every case with the policy (hard eviction) and greedy decoding.
 retrieval_result run_retrieval(const model& m, std::shared_ptr<const gate_bank> gates, const bench_config& config,
-                               const std::vector<retrieval_case>& cases, int batch, const bench_progress& progress);
+                               const std::vector<retrieval_case>& cases, int batch, linear_rows prefill,
+                               const bench_progress& progress);
 
 // One configuration's run, as the report keeps it.
 struct retrieval_run {
