@@ -77,17 +77,17 @@ std::string retrieval_summary_text(const bench_input& in) {
   const ordered_json s = retrieval_summary(in);
   const std::vector<std::string>& tasks = in.options.retrieval_tasks;
   std::string t = fmt::format(
-      "retrieval suite: {} cases per task, prompts of ~{} tokens, greedy answers; accuracy [95% CI] and its ratio "
+      "retrieval suite: {} case{} per task, prompts of ~{} tokens, greedy answers; accuracy [95% CI] and its ratio "
       "to the full cache's\n",
-      s["cases_per_task"].get<int>(), s["ctx"].get<int>());
-  t += fmt::format("{:<16} {:>8} {:>6}", "policy", "knob", "KV");
+      s["cases_per_task"].get<int>(), s["cases_per_task"].get<int>() == 1 ? "" : "s", s["ctx"].get<int>());
+  t += fmt::format("{:<20} {:>8} {:>6}", "policy", "knob", "KV");
   for (const std::string& task : tasks) t += fmt::format("  {:<24}", task);
   t += fmt::format("  {:>6} {:>6}\n", "mean", "ratio");
   for (const ordered_json& run : s["runs"]) {
     const std::string knob = run["knob"] == "budget" ? fmt::format("B={}", run["value"].get<int>())
                              : run["knob"] == "threshold" ? fmt::format("t={:g}", run["value"].get<double>())
                                                           : std::string("-");
-    t += fmt::format("{:<16} {:>8} {:>6.3f}", run["curve"].get<std::string>(), knob,
+    t += fmt::format("{:<20} {:>8} {:>6.3f}", run["curve"].get<std::string>(), knob,
                      run["kv_share_final"].get<double>());
     for (const std::string& task : tasks) {
       std::string cell = "-";
