@@ -238,6 +238,21 @@ TEST(bench, int8_prefill_figures_agree_with_int8_perplexity) {
   }
 }
 
+// --baselines none: the full cache (and the learned curves, with gates) alone.
+TEST(bench, baselines_none_runs_the_full_cache_alone_without_gates) {
+  const std::string corpus = test::temp_dir() + "/corpus";
+  fs::create_directories(corpus);
+  std::ofstream(corpus + "/doc.txt") << prose(3, 80);
+  const std::string out = test::temp_dir() + "/none";
+  const run_result r = run("bench --model " + test::default_model_path() + " --threads 2 --corpus " + corpus +
+                           " --ctx 256 --batch 32 --windows 1 --window 32 --shares 0.5 --baselines none "
+                           "--needle-cases 0 --retrieval-cases 0 --no-plots --out " + out);
+  ASSERT_EQ(r.status, 0) << r.err;
+  const auto report = nlohmann::json::parse(std::ifstream(out + "/report.json"));
+  ASSERT_EQ(report["rows"].size(), 1u);
+  EXPECT_EQ(report["rows"][0]["curve"], "full");
+}
+
 TEST(bench, bad_options_fail_with_a_message) {
   const std::string common = " --model " + test::default_model_path() + " --threads 1 --out " + test::temp_dir() + "/x";
   run_result r = run("bench" + common + " --baselines learned");

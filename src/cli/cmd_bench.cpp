@@ -50,7 +50,8 @@ void register_bench(CLI::App& app) {
   sub->add_option("--thresholds", o->bench.thresholds, "learned per-head threshold sweep")->delimiter(',');
   sub->add_option("--thresholds-layer", o->bench.thresholds_layer, "learned per-layer threshold sweep")->delimiter(',');
   sub->add_option("--thresholds-global", o->bench.thresholds_global, "learned global (union) threshold sweep")->delimiter(',');
-  sub->add_option("--baselines", o->bench.baselines, fmt::format("baseline policies ({})", fmt::join(baseline_policy_names(), " ")))
+  sub->add_option("--baselines", o->bench.baselines,
+                  fmt::format("baseline policies ({}), or none", fmt::join(baseline_policy_names(), " ")))
       ->delimiter(',');
   sub->add_option("--budget-pools", o->bench.budget_pools,
                   "budget pools of the learned budget curves: head (learned-budget), layer, model (learned-budget-POOL)")
@@ -83,6 +84,8 @@ void register_bench(CLI::App& app) {
     const bool run_retrieval = o->suite != "quality" && b.retrieval_cases > 0;
     if (o->suite == "retrieval" && b.retrieval_cases == 0) fail("--suite retrieval needs --retrieval-cases > 0");
     eval::check_retrieval_tasks(b.retrieval_tasks);
+    // "none": the full cache and the learned curves alone (a long retrieval run of the gates).
+    if (b.baselines.size() == 1 && b.baselines[0] == "none") o->bench.baselines.clear();
     for (const std::string& name : b.baselines) {
       const policy_kind kind = parse_policy_kind(name);
       if (kind == policy_kind::full || kind == policy_kind::learned) {
