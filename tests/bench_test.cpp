@@ -11,6 +11,8 @@
 #include <random>
 
 #include "eval/bench.h"
+#include "model/model.h"
+#include "policy_test_util.h"
 #include "test_util.h"
 
 namespace kvgate {
@@ -238,19 +240,26 @@ TEST(bench, int8_prefill_figures_agree_with_int8_perplexity) {
   }
 }
 
-// --baselines none: the full cache (and the learned curves, with gates) alone.
-TEST(bench, baselines_none_runs_the_full_cache_alone_without_gates) {
+// --baselines none and --thresholds* none: only the curves asked for run (here the full cache and
+// the learned budget per head, with stub gates for the real model).
+TEST(bench, none_leaves_out_the_baselines_and_the_threshold_curves) {
   const std::string corpus = test::temp_dir() + "/corpus";
   fs::create_directories(corpus);
   std::ofstream(corpus + "/doc.txt") << prose(3, 80);
-  const std::string out = test::temp_dir() + "/none";
-  const run_result r = run("bench --model " + test::default_model_path() + " --threads 2 --corpus " + corpus +
+  const std::string dir = test::temp_dir(), gates = dir + "/stub_gates.gguf";
+  policy_testing::default_stub(model::load(test::default_model_path())->config())->save(gates);
+  const std::string args = "bench --model " + test::default_model_path() + " --threads 2 --corpus " + corpus +
                            " --ctx 256 --batch 32 --windows 1 --window 32 --shares 0.5 --baselines none "
-                           "--needle-cases 0 --retrieval-cases 0 --no-plots --out " + out);
+                           "--needle-cases 0 --retrieval-cases 0 --no-plots --budget-pools head --gates " + gates;
+  const run_result r = run(args + " --thresholds none --thresholds-layer none --thresholds-global none --out " + dir + "/a");
   ASSERT_EQ(r.status, 0) << r.err;
-  const auto report = nlohmann::json::parse(std::ifstream(out + "/report.json"));
-  ASSERT_EQ(report["rows"].size(), 1u);
+  const auto report = nlohmann::json::parse(std::ifstream(dir + "/a/report.json"));
+  ASSERT_EQ(report["rows"].size(), 2u);
   EXPECT_EQ(report["rows"][0]["curve"], "full");
+  EXPECT_EQ(report["rows"][1]["curve"], "learned-budget");
+  const run_result bad = run(args + " --thresholds 0.5,abc --out " + dir + "/c");
+  EXPECT_EQ(bad.status, 1);
+  EXPECT_NE(bad.err.find("--thresholds takes finite numbers or none, not 'abc'"), std::string::npos) << bad.err;
 }
 
 TEST(bench, bad_options_fail_with_a_message) {

@@ -47,9 +47,27 @@ void register_bench(CLI::App& app) {
       ->check(CLI::Range(0.0, 1.0));
   sub->add_option("--shares", o->bench.shares, "budget sweep as shares of --ctx kept (sinks + window + budget)")
       ->delimiter(',')->check(CLI::Range(0.0, 1.0));
-  sub->add_option("--thresholds", o->bench.thresholds, "learned per-head threshold sweep")->delimiter(',');
-  sub->add_option("--thresholds-layer", o->bench.thresholds_layer, "learned per-layer threshold sweep")->delimiter(',');
-  sub->add_option("--thresholds-global", o->bench.thresholds_global, "learned global (union) threshold sweep")->delimiter(',');
+  // A threshold sweep: numbers, or none (that layout's threshold curve is left out).
+  auto sweep = [sub](const std::string& flag, std::vector<float>& dst, const std::string& what) {
+    sub->add_option_function<std::vector<std::string>>(
+           flag,
+           [&dst, flag](const std::vector<std::string>& values) {
+             dst.clear();
+             if (values.size() == 1 && values[0] == "none") return;
+             for (const std::string& v : values) {
+               float t = 0.0f;
+               if (!CLI::detail::lexical_cast(v, t) || !std::isfinite(t)) {
+                 fail("{} takes finite numbers or none, not '{}'", flag, v);
+               }
+               dst.push_back(t);
+             }
+           },
+           what + " (numbers, or none)")
+        ->delimiter(',');
+  };
+  sweep("--thresholds", o->bench.thresholds, "learned per-head threshold sweep");
+  sweep("--thresholds-layer", o->bench.thresholds_layer, "learned per-layer threshold sweep");
+  sweep("--thresholds-global", o->bench.thresholds_global, "learned global (union) threshold sweep");
   sub->add_option("--baselines", o->bench.baselines,
                   fmt::format("baseline policies ({}), or none", fmt::join(baseline_policy_names(), " ")))
       ->delimiter(',');
@@ -92,7 +110,6 @@ void register_bench(CLI::App& app) {
         fail("--baselines takes heuristic policies; full and learned always run (learned with --gates)");
       }
     }
-    for (float t : b.thresholds) if (!std::isfinite(t)) fail("--thresholds must be finite numbers");
     for (const std::string& pool : b.budget_pools) parse_budget_pool(pool);
     if (b.sinks + b.window + b.batch >= b.ctx) {
       fail("--ctx {} leaves no room for eviction beyond --sinks {} + --window {} + --batch {}", b.ctx, b.sinks, b.window,
