@@ -30,6 +30,16 @@ inline void for_groups_of_4(int64_t n, F&& f) {
   }
 }
 
+#if defined(__AVX2__) && defined(__FMA__)
+// The 8 lanes of v added as a fixed tree (halves, then pairs, then the last two).
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+#endif
+
 inline float dot(const float* a, const float* b, int64_t n) {
   int64_t j = 0;
   float acc = 0.0f;
@@ -40,11 +50,7 @@ inline float dot(const float* a, const float* b, int64_t n) {
     v1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + j + 8), _mm256_loadu_ps(b + j + 8), v1);
   }
   for (; j + 8 <= n; j += 8) v0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(b + j), v0);
-  const __m256 v = _mm256_add_ps(v0, v1);
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  acc = _mm_cvtss_f32(s);
+  acc = hsum(_mm256_add_ps(v0, v1));
 #endif
   for (; j < n; ++j) acc += a[j] * b[j];
   return acc;
@@ -114,10 +120,7 @@ inline double sum(const float* x, int64_t n) {
 #if defined(__AVX2__) && defined(__FMA__)
     __m256 v = _mm256_setzero_ps();
     for (; i + 8 <= e; i += 8) v = _mm256_add_ps(v, _mm256_loadu_ps(x + i));
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    acc = _mm_cvtss_f32(s);
+    acc = hsum(v);
 #endif
     for (; i < e; ++i) acc += x[i];
     total += acc;
