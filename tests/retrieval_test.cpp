@@ -86,6 +86,25 @@ TEST_F(suite_fixture, every_answer_sits_in_the_haystack_exactly_once_and_the_pro
       EXPECT_GE(before.size() + 2, haystack_end);
       EXPECT_LE(before.size(), haystack_end + 1);
       for (const std::string& n : c.needles) EXPECT_EQ(count(c.haystack, n + "\n"), 1u) << n;
+      // The asked spans: one per needle holding an answer, in order, each the needle's tokens
+      // (within the token that may join it to the line around it), and every answer inside one.
+      const size_t n_asked = c.task == "niah_multikey" ? 1u : c.needles.size();
+      ASSERT_EQ(c.asked_spans.size(), n_asked);
+      std::string spans_text;
+      for (size_t k = 0; k < n_asked; ++k) {
+        const auto [first, end] = c.asked_spans[k];
+        ASSERT_LT(first, end);
+        if (k > 0) EXPECT_LE(c.asked_spans[k - 1].second, first);
+        const std::string text = m->vocab().decode(std::span(c.prompt).subspan(first, end - first));
+        const std::string& needle = c.task == "niah_multikey"
+                                        ? *std::find_if(c.needles.begin(), c.needles.end(),
+                                                        [&](const std::string& n) { return n.find(c.answers[0]) != std::string::npos; })
+                                        : c.needles[k];
+        EXPECT_NE(needle.find(text.substr(1)), std::string::npos) << text << " / " << needle;
+        EXPECT_GE(text.size() + 2, needle.size()) << text << " / " << needle;
+        spans_text += text + "\n";
+      }
+      for (const std::string& a : c.answers) EXPECT_NE(spans_text.find(a), std::string::npos) << a;
       if (c.task == "variable_tracking") {
         ASSERT_GE(c.answers.size(), 3u);
         ASSERT_LE(c.answers.size(), 4u);
@@ -182,6 +201,10 @@ TEST_F(suite_fixture, bench_runs_the_suite_alone_and_refuses_bad_names) {
   EXPECT_EQ(runs[1]["curve"], "streaming");
   EXPECT_NEAR(runs[1]["kv_share_final"].get<double>(), 0.5, 0.05);
   EXPECT_EQ(runs[1]["tasks"][0]["n_cases"], 2);
+  // The full cache holds every needle; streaming at half the context holds the sinks and the
+  // last ~250 tokens, and the two cases' needles sit at depths 0.1 and 0.2 of the haystack.
+  EXPECT_EQ(runs[0]["tasks"][0]["needle_kept"], 1.0);
+  EXPECT_EQ(runs[1]["tasks"][0]["needle_kept"], 0.0);
   EXPECT_TRUE(report["rows"].empty());
 
   const std::string bad = " --out " + test::temp_dir() + "/bad";

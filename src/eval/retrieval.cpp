@@ -170,6 +170,23 @@ std::string insert_needles(std::string filler, const task_draw& d, std::vector<d
   return filler;
 }
 
+// Share of the (layer, KV head, token) slots of spans (positions) that are live; 1 for no span.
+double span_share_live(const kv_cache& cache, const std::vector<std::pair<int, int>>& spans) {
+  int64_t n_live = 0, n_all = 0;
+  for (int il = 0; il < cache.n_layer(); ++il) {
+    for (int ih = 0; ih < cache.n_kv_head(); ++ih) {
+      const kv_head& h = cache.head(il, ih);
+      for (const auto& [first, end] : spans) {
+        n_all += end - first;
+        const auto lo = std::lower_bound(h.pos.begin(), h.pos.end(), first);
+        const auto hi = std::lower_bound(lo, h.pos.end(), end);
+        for (auto it = lo; it != hi; ++it) n_live += !h.masked[it - h.pos.begin()];
+      }
+    }
+  }
+  return n_all > 0 ? static_cast<double>(n_live) / n_all : 1.0;
+}
+
 std::string lowercase(std::string s) {
   for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return s;
@@ -259,6 +276,16 @@ std::vector<retrieval_case> retrieval_cases(const std::vector<std::string>& corp
             question_prompt_start(vocab, c.prompt_text, c.prompt_text.rfind("\n" + d.question), c.prompt);
         c.answers = d.answers;
         c.needles = d.needles;
+        for (const std::string& needle : d.needles) {
+          if (!std::any_of(d.answers.begin(), d.answers.end(),
+                           [&](const std::string& a) { return needle.find(a) != std::string::npos; })) {
+            continue;
+          }
+          const size_t at = c.prompt_text.find(needle);
+          if (at == std::string::npos) continue;
+          c.asked_spans.emplace_back(question_prompt_start(vocab, c.prompt_text, at, c.prompt),
+                                     question_prompt_start(vocab, c.prompt_text, at + needle.size(), c.prompt));
+        }
         c.depths_asked = d.depths;
         c.depth = asked_depth(ic);
         c.max_new_tokens = d.max_new_tokens;
@@ -289,6 +316,7 @@ retrieval_result run_retrieval(const model& m, std::shared_ptr<const gate_bank> 
       logits.assign(l.begin(), l.end());
     }
     share += kv_share_live(s.cache(), s.n_past());
+    r.needle_kept.push_back(span_share_live(s.cache(), c.asked_spans));
     // Greedy decoding until the end of the turn or max_new_tokens.
     sampler greedy(sampler_params{});
     const std::vector<int32_t> out =
@@ -303,10 +331,12 @@ retrieval_result run_retrieval(const model& m, std::shared_ptr<const gate_bank> 
     }
     ++task->n_cases;
     task->n_correct += ok;
+    task->needle_kept += r.needle_kept.back();
     progress(fmt::format("retrieval {} {} {:g}", config.curve, config.knob_name, config.knob), i + 1, cases.size());
   }
   for (retrieval_task_result& t : r.tasks) {
     t.accuracy = static_cast<double>(t.n_correct) / t.n_cases;
+    t.needle_kept /= t.n_cases;
     std::tie(t.ci_low, t.ci_high) = wilson_interval(t.n_correct, t.n_cases);
     r.accuracy_mean += t.accuracy / r.tasks.size();
   }

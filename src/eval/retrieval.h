@@ -40,6 +40,9 @@ struct retrieval_case {
   std::string prompt_text;               // chat template up to the answer prefix
   std::vector<int32_t> prompt;           // its tokens
   int question_start = 0;                // first prompt token of the question (after the haystack)
+  // Prompt tokens [first, second) of each needle that holds an answer (the asked key's needle,
+  // every value, every link of the chain): what the policy must keep for the answer to survive.
+  std::vector<std::pair<int, int>> asked_spans;
   int max_new_tokens = 0;                // greedy tokens generated at most
 };
 
@@ -57,6 +60,7 @@ struct retrieval_task_result {
   std::string task;
   int n_cases = 0, n_correct = 0;
   double accuracy = 0.0, ci_low = 0.0, ci_high = 1.0;  // Wilson 95% interval
+  double needle_kept = 0.0;                            // mean over its cases
 };
 
 struct retrieval_result {
@@ -65,6 +69,9 @@ struct retrieval_result {
   double share_final = 1.0;                  // mean over cases of the KV share after the prompt
   std::vector<std::string> outputs;          // [cases] generated text
   std::vector<uint8_t> correct;              // [cases]
+  // [cases] share of the asked needles' (layer, KV head, token) slots still live when generation
+  // starts: tells an answer lost because the policy evicted it from one the model got wrong.
+  std::vector<double> needle_kept;
 };
 
 // Runs every case with the policy (hard eviction) and greedy decoding.

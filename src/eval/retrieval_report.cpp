@@ -53,6 +53,7 @@ ordered_json retrieval_summary(const bench_input& in) {
                        {"n_correct", t.n_correct},
                        {"accuracy", t.accuracy},
                        {"ci95", {t.ci_low, t.ci_high}},
+                       {"needle_kept", t.needle_kept},
                        {"ratio_to_full", full ? ratio(t.accuracy, task_accuracy(full->result, t.task)) : nullptr}});
     }
     runs.push_back({{"curve", run.config.curve},
@@ -169,22 +170,24 @@ bool plot_retrieval(const bench_input& in, const std::string& dir) {
 
 std::string write_retrieval_report(const bench_input& in, const std::string& out_dir, bool plots) {
   if (in.retrieval.empty()) return "";
-  std::string csv = "curve,knob,value,task,n_cases,n_correct,accuracy,ci_low,ci_high,kv_share_final\n";
-  std::string cases_csv = "curve,knob,value,case,task,source,depths,answers,correct,output\n";
+  std::string csv = "curve,knob,value,task,n_cases,n_correct,accuracy,ci_low,ci_high,kv_share_final,needle_kept\n";
+  std::string cases_csv = "curve,knob,value,case,task,source,depths,answers,correct,needle_kept,output\n";
   for (const retrieval_run& run : in.retrieval) {
     const bench_config& c = run.config;
     for (const retrieval_task_result& t : run.result.tasks) {
-      csv += fmt::format("{},{},{:g},{},{},{},{:.4f},{:.4f},{:.4f},{:.4f}\n", c.curve, c.knob_name, c.knob, t.task,
-                         t.n_cases, t.n_correct, t.accuracy, t.ci_low, t.ci_high, run.result.share_final);
+      csv += fmt::format("{},{},{:g},{},{},{},{:.4f},{:.4f},{:.4f},{:.4f},{:.4f}\n", c.curve, c.knob_name, c.knob,
+                         t.task, t.n_cases, t.n_correct, t.accuracy, t.ci_low, t.ci_high, run.result.share_final,
+                         t.needle_kept);
     }
     for (size_t i = 0; i < in.retrieval_cases.size() && i < run.result.outputs.size(); ++i) {
       const retrieval_case& rc = in.retrieval_cases[i];
       std::string depths;
       for (double d : rc.depths) depths += fmt::format("{}{:.3f}", depths.empty() ? "" : " ", d);
-      cases_csv += fmt::format("{},{},{:g},{},{},{},{},{},{},{}\n", c.curve, c.knob_name, c.knob, i, rc.task,
+      cases_csv += fmt::format("{},{},{:g},{},{},{},{},{},{},{:.4f},{}\n", c.curve, c.knob_name, c.knob, i, rc.task,
                                std::filesystem::path(rc.source).filename().string(), depths,
                                csv_field(fmt::format("{}", fmt::join(rc.answers, " "))),
-                               static_cast<int>(run.result.correct[i]), csv_field(run.result.outputs[i]));
+                               static_cast<int>(run.result.correct[i]), run.result.needle_kept[i],
+                               csv_field(run.result.outputs[i]));
     }
   }
   write_file_atomically(out_dir + "/retrieval.csv", csv);
