@@ -30,9 +30,9 @@ inline constexpr const char* k_repeat_instruction = "\n\nRepeat the previous con
 
 // One synthetic retrieval document over a training text.
 struct answer_document {
-  std::string context;   // the text with 1-4 facts inserted at line starts
-  std::string question;  // asks for every fact, in a random order
-  std::string answer;    // states each, in the question's order (teacher-forced)
+  std::string context;   // the text with 1-18 facts inserted at line starts (1-6 keys, 1-3 values each)
+  std::string question;  // asks for every key, in a random order (all of a key's values at once)
+  std::string answer;    // states each key's values, in the question's order (teacher-forced)
   std::vector<std::string> facts;  // the inserted statements
   bool operator==(const answer_document&) const = default;
 };
