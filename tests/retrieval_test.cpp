@@ -94,7 +94,9 @@ TEST_F(suite_fixture, every_answer_sits_in_the_haystack_exactly_once_and_the_pro
       for (size_t k = 0; k < n_asked; ++k) {
         const auto [first, end] = c.asked_spans[k];
         ASSERT_LT(first, end);
-        if (k > 0) EXPECT_LE(c.asked_spans[k - 1].second, first);
+        if (k > 0) {
+          EXPECT_LE(c.asked_spans[k - 1].second, first);
+        }
         const std::string text = m->vocab().decode(std::span(c.prompt).subspan(first, end - first));
         const std::string& needle = c.task == "niah_multikey"
                                         ? *std::find_if(c.needles.begin(), c.needles.end(),
@@ -113,7 +115,9 @@ TEST_F(suite_fixture, every_answer_sits_in_the_haystack_exactly_once_and_the_pro
         EXPECT_EQ(count(c.haystack, value.substr(0, value.size() - 1)), 1u);
         for (size_t k = 0; k < c.answers.size(); ++k) {
           EXPECT_EQ(count(c.haystack, "VAR " + c.answers[k] + " ="), 1u);
-          if (k > 0) EXPECT_EQ(c.needles[k], "VAR " + c.answers[k] + " = VAR " + c.answers[k - 1] + ".");
+          if (k > 0) {
+            EXPECT_EQ(c.needles[k], "VAR " + c.answers[k] + " = VAR " + c.answers[k - 1] + ".");
+          }
         }
       } else {
         EXPECT_EQ(c.answers.size(), c.task == "niah_multivalue" ? 3u : 1u);
