@@ -201,14 +201,15 @@ def run_llama(args, prompt_file: str, n_prompt: int) -> dict:
 # kvgate
 
 
-def run_kvgate(args, prompt_file: str, workdir: str, extra: list | None = None) -> dict:
+def run_kvgate(args, prompt_file: str, workdir: str, extra: list | None = None, isa: str | None = None) -> dict:
     cmd = [args.kvgate, "generate", "--model", args.model, "--prompt-file", prompt_file,
            "-n", str(args.n_predict), "--temp", "0", "--threads", str(args.threads), "--ignore-eos",
            "--kv-type", args.kvgate_kv_type] + (extra or [])
     out_path, err_path = os.path.join(workdir, "kvgate.out"), os.path.join(workdir, "kvgate.err")
     t0 = time.perf_counter()
+    env = dict(os.environ, KVGATE_ISA=isa) if isa else None
     with open(out_path, "wb") as fo, open(err_path, "wb") as fe:
-        p = subprocess.Popen(cmd, stdout=fo, stderr=fe)
+        p = subprocess.Popen(cmd, stdout=fo, stderr=fe, env=env)
         _, status, usage = os.wait4(p.pid, 0)
         p.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
@@ -264,12 +265,14 @@ def one_length(args, n_tokens: int, work: str) -> dict:
     if args.prompt_out:
         with open(f"{args.prompt_out}.{n_tokens}", "w", encoding="utf-8") as f:
             f.write(text)
-    engines = {"kvgate_full": [], "kvgate_learned": [], "llama_cpp": []}
+    engines = {"kvgate_full": [], "kvgate_learned": [], "kvgate_full_avx2": [], "llama_cpp": []}
     for r in range(args.repeat):
         if not args.skip_kvgate:
             engines["kvgate_full"].append(run_kvgate(args, prompt_file, work))
             if args.gates:
                 engines["kvgate_learned"].append(run_kvgate(args, prompt_file, work, learned_flags(args, n_tok)))
+            if args.also_avx2:
+                engines["kvgate_full_avx2"].append(run_kvgate(args, prompt_file, work, isa="avx2"))
         if not args.skip_llama:
             engines["llama_cpp"].append(run_llama(args, prompt_file, n_tok))
         for name, runs in engines.items():
@@ -283,7 +286,7 @@ def one_length(args, n_tokens: int, work: str) -> dict:
             res[name] = engine_summary(runs)
     if "llama_cpp" in res:
         lb = res["llama_cpp"]
-        for name in ("kvgate_full", "kvgate_learned"):
+        for name in ("kvgate_full", "kvgate_learned", "kvgate_full_avx2"):
             if name in res:
                 kb = res[name]
                 res[f"ratio_{name}_over_llama"] = {
@@ -301,6 +304,8 @@ def plot(result: dict, out_dir: str) -> None:
         print("gnuplot not found: no plot", file=sys.stderr)
         return
     names = ["kvgate_full", "kvgate_learned", "llama_cpp"]
+    if any("kvgate_full_avx2" in row for row in result["lengths"]):
+        names.insert(2, "kvgate_full_avx2")
     data = os.path.join(out_dir, "compare.dat")
     with open(data, "w") as f:
         f.write("# prompt " + " ".join(f"{n}_decode {n}_prefill" for n in names) + "\n")
@@ -311,7 +316,7 @@ def plot(result: dict, out_dir: str) -> None:
                 vals += [f"{e['decode_tok_s']['best']:.3f}", f"{e['prefill_tok_s']['best']:.3f}"] if e else ["NaN", "NaN"]
             f.write(f"{row['prompt_tokens_llama_tokenizer']} " + " ".join(vals) + "\n")
     titles = {"kvgate_full": "kvgate, full cache", "kvgate_learned": f"kvgate, learned at {result['kv_share']:.0%} KV",
-              "llama_cpp": "llama.cpp (f16 KV)"}
+              "llama_cpp": "llama.cpp (f16 KV)", "kvgate_full_avx2": "kvgate, full cache, AVX2 kernels"}
     lines = []
     for col, what in ((0, "decode"), (1, "prefill")):
         plots = ", ".join(f"'{data}' using 1:{2 + 2 * i + col} with linespoints lw 2 title '{titles[n]}'"
@@ -344,6 +349,8 @@ def main(argv=None) -> int:
                          "barriers and collapse when the machine is oversubscribed")
     ap.add_argument("--out", help="directory for compare.json and compare.png")
     ap.add_argument("--prompt-out", help="also save each prompt text as PREFIX.<tokens>")
+    ap.add_argument("--also-avx2", action="store_true",
+                    help="also run kvgate's full cache on its AVX2 kernels (KVGATE_ISA=avx2), for AVX-512 CPUs")
     ap.add_argument("--skip-kvgate", action="store_true")
     ap.add_argument("--skip-llama", action="store_true")
     ap.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
@@ -375,10 +382,12 @@ def main(argv=None) -> int:
         "kv_share": args.kv_share,
         "kvgate_kv_type": args.kvgate_kv_type,
         "llama_cpp_python": llama_cpp.__version__,
+        "llama_build": reference_notes(),
         "llama_settings": {"n_batch": args.batch, "n_ubatch": args.batch, "kv_type": args.kv_type,
                            "flash_attn": args.flash_attn,
                            "omp_wait_policy": "PASSIVE" if args.omp_passive else os.environ.get("OMP_WAIT_POLICY", "default")},
         "cpu": cpu_name(),
+        "cpu_avx512": cpu_has_avx512(),
         "lengths": [],
     }
     with tempfile.TemporaryDirectory(prefix="kvgate-bench-") as work:
@@ -392,9 +401,11 @@ def main(argv=None) -> int:
     for row in result["lengths"]:
         full = row.get("ratio_kvgate_full_over_llama", {})
         learned = row.get("ratio_kvgate_learned_over_llama", {})
+        avx2 = row.get("ratio_kvgate_full_avx2_over_llama", {})
         fmt = lambda d, k: f"{d[k]:.2f}x" if k in d else "-"
+        extra = f"  (AVX2 kernels: decode {fmt(avx2, 'decode')}, prefill {fmt(avx2, 'prefill')})" if avx2 else ""
         print(f"{row['prompt_tokens_llama_tokenizer']:>7} {fmt(full, 'decode'):>12} {fmt(learned, 'decode'):>15} "
-              f"{fmt(full, 'prefill'):>13} {fmt(learned, 'prefill'):>16}", file=sys.stderr)
+              f"{fmt(full, 'prefill'):>13} {fmt(learned, 'prefill'):>16}{extra}", file=sys.stderr)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
@@ -416,6 +427,26 @@ def cpu_name() -> str:
     except OSError:
         pass
     return "unknown"
+
+
+def reference_notes() -> str:
+    """How scripts/setup_reference.sh built this venv's llama.cpp (e.g. AMX left out), if it said."""
+    try:
+        with open(os.path.join(sys.prefix, "kvgate-reference.txt")) as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown"
+
+
+def cpu_has_avx512() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "avx512f" in line.split()
+    except OSError:
+        pass
+    return False
 
 
 if __name__ == "__main__":

@@ -1,13 +1,30 @@
 // Micro-benchmarks of the matrix-product kernels at SmolLM2-135M's shapes: the decode path (one
-// row, integer dot products) and the prefill path (dequantize + sgemm).
+// row, integer dot products) and the prefill path (dequantize + sgemm). KVGATE_ISA=avx2 runs
+// every benchmark of kvgate_bench on the AVX2 kernels of an AVX-512 CPU; each linear benchmark's
+// label names the instruction set it ran.
 #include <benchmark/benchmark.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <random>
+#include <string>
 
+#include "model/isa.h"
 #include "model/linear.h"
 
 namespace {
+
+const bool isa_from_env = [] {
+  try {
+    kvgate::isa::set_from_env();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "kvgate_bench: %s\n", e.what());
+    std::exit(1);
+  }
+  return true;
+}();
 
 using kvgate::gguf::tensor_type;
 
@@ -55,6 +72,7 @@ void run(benchmark::State& state, tensor_type type,
   }
   std::vector<float> x(n_rows * n_in, 0.5f), y(n_rows * n_out);
   kvgate::linear_scratch scratch;
+  state.SetLabel(std::string(kvgate::isa::name(kvgate::isa::active())));
   for (auto _ : state) {
     kvgate::linear_forward(b.w, x.data(), y.data(), n_rows, scratch, rows);
     benchmark::DoNotOptimize(y.data());

@@ -12,6 +12,7 @@
 #include "gguf/gguf.h"
 #include "kv/cache.h"
 #include "model/attention_kernel.h"
+#include "model/isa.h"
 
 namespace kvgate {
 namespace {
@@ -194,6 +195,71 @@ TEST(attention_kernel, same_live_rows_give_same_bits_whatever_the_holes) {
     attend(compact.head(0, 0).k, compact.head(0, 0).v, rb, n_live, q.data(), n_q, nullptr, 0.125f, b.data(), nullptr, nullptr, scratch);
     EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float))) << kv_type_name(type);
   }
+}
+
+TEST(attention_kernel, avx512_passes_give_the_avx2_bits) {
+  // The AVX-512 passes (8 slots per score step, 64-column value tiles) must give every query
+  // the AVX2 kernel's bits: outputs, softmax statistics and the scores pass alone, for every KV
+  // type, d_head with and without a 16-column tail, odd slot counts, holes, per-query limits
+  // and tiles larger than a register group.
+  if (isa::detected() != isa::level::avx512) GTEST_SKIP() << "this CPU has no AVX-512 (F, BW, VL, DQ, VNNI)";
+  std::mt19937_64 rng(17);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  int n_compared = 0;
+  for (kv_type type : {kv_type::f32, kv_type::f16, kv_type::q8_0}) {
+    for (int d : {16, 24, 64, 72, 128}) {
+      for (int n : {1, 7, 33, 257, 601}) {
+        for (int n_q : {1, 3, 4, 5, 9, 24}) {
+          SCOPED_TRACE(std::string(kv_type_name(type)) + " d=" + std::to_string(d) + " n=" + std::to_string(n) +
+                       " n_q=" + std::to_string(n_q));
+          std::vector<float> k(static_cast<size_t>(n) * d), v(k.size()), q(static_cast<size_t>(n_q) * d);
+          for (float& x : k) x = nd(rng) * 1.5f;
+          for (float& x : v) x = nd(rng);
+          for (float& x : q) x = nd(rng) * 1.5f;
+          kv_cache cache(1, 1, d, type);
+          cache.set_mask_mode(true);
+          fill(cache, k, v, n, [&](int j) { return j != n - 1 && j % 11 == 4; });
+          const kv_head& h = cache.head(0, 0);
+          std::vector<slot_run> runs;
+          live_runs(h, h.n_slots(), runs);
+          const size_t n_live = h.n_live();
+          std::vector<uint32_t> limit(n_q);
+          for (int g = 0; g < n_q; ++g) limit[g] = 1 + static_cast<uint32_t>((g * 7919u) % n_live);
+          const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+          const uint32_t* limits[2] = {nullptr, limit.data()};
+          for (const uint32_t* lim : limits) {
+            std::vector<float> out[2], m[2], l[2], scratch;
+            for (int wide = 0; wide < 2; ++wide) {
+              isa::scoped_level level(wide ? isa::level::avx512 : isa::level::avx2);
+              out[wide].resize(q.size());
+              m[wide].resize(n_q);
+              l[wide].resize(n_q);
+              attend(h.k, h.v, runs, n_live, q.data(), n_q, lim, scale, out[wide].data(), m[wide].data(),
+                     l[wide].data(), scratch);
+            }
+            ASSERT_EQ(0, std::memcmp(out[0].data(), out[1].data(), q.size() * sizeof(float))) << (lim ? "limits" : "");
+            ASSERT_EQ(0, std::memcmp(m[0].data(), m[1].data(), n_q * sizeof(float)));
+            ASSERT_EQ(0, std::memcmp(l[0].data(), l[1].data(), n_q * sizeof(float)));
+            ++n_compared;
+          }
+          if (n_q <= k_attn_max_group) {
+            const int nb = std::min<int>(k_attn_block, static_cast<int>(n_live));
+            std::vector<uint32_t> idx;
+            for (const slot_run& r : runs) {
+              for (uint32_t j = r.begin; j < r.end && static_cast<int>(idx.size()) < nb; ++j) idx.push_back(j);
+            }
+            float s[2][k_attn_max_group][k_attn_block];
+            for (int wide = 0; wide < 2; ++wide) {
+              isa::scoped_level level(wide ? isa::level::avx512 : isa::level::avx2);
+              attend_scores(h.k, idx.data(), nb, q.data(), n_q, scale, s[wide]);
+            }
+            for (int g = 0; g < n_q; ++g) ASSERT_EQ(0, std::memcmp(s[0][g], s[1][g], nb * sizeof(float))) << "scores, query " << g;
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(n_compared, 800);
 }
 
 }  // namespace

@@ -6,6 +6,8 @@
 #include <cstring>
 #include <random>
 
+#include "common/error.h"
+#include "model/isa.h"
 #include "model/linear.h"
 
 namespace kvgate {
@@ -272,6 +274,55 @@ INSTANTIATE_TEST_SUITE_P(types, linear_kernels,
                                            tensor_type::q5_1, tensor_type::q4_k,
                                            tensor_type::q5_k, tensor_type::q6_k),
                          [](const auto& info) { return std::string(gguf::traits(info.param).name); });
+
+TEST(linear, avx512_kernels_give_every_row_the_avx2_bits) {
+  // The AVX-512 kernels take two groups of 8 rows per register and vpdpbusd for the integer
+  // sums; they must give the AVX2 kernels' bits for every packed type, with an odd group count
+  // (the last group alone), 1 to 9 activation rows, and Q8_0 weights of -128.
+  if (isa::detected() != isa::level::avx512) GTEST_SKIP() << "this CPU has no AVX-512 (F, BW, VL, DQ, VNNI)";
+  std::mt19937_64 rng(31);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  linear_scratch scratch;
+  for (tensor_type type : {tensor_type::q4_0, tensor_type::q4_1, tensor_type::q8_0, tensor_type::q5_0,
+                           tensor_type::q5_1}) {
+    for (int64_t n_out : {8, 24, 48}) {
+      SCOPED_TRACE(std::string(gguf::traits(type).name) + " n_out " + std::to_string(n_out));
+      const int64_t n_in = 576;
+      weight_buffer wb = make_weight(type, n_in, n_out, rng);
+      if (type == tensor_type::q8_0) {  // every byte value, -128 included, in the quants
+        for (size_t off = 0; off < wb.bytes.size(); off += sizeof(uint16_t) + 32) {
+          for (int j = 0; j < 32; ++j) wb.bytes[off + 2 + j] = static_cast<uint8_t>(rng());
+        }
+      }
+      wb.pack();
+      for (int64_t n_rows : {1, 2, 3, 4, 5, 9}) {
+        std::vector<float> x(n_rows * n_in), y2(n_rows * n_out), y512(n_rows * n_out);
+        for (float& v : x) v = normal(rng);
+        {
+          isa::scoped_level avx2(isa::level::avx2);
+          linear_forward(wb.w, x.data(), y2.data(), n_rows, scratch, linear_rows::independent);
+        }
+        linear_forward(wb.w, x.data(), y512.data(), n_rows, scratch, linear_rows::independent);
+        ASSERT_EQ(isa::active(), isa::level::avx512);
+        ASSERT_EQ(0, std::memcmp(y2.data(), y512.data(), y2.size() * sizeof(float))) << "rows " << n_rows;
+        float mag = 0.0f;
+        for (float v : y512) mag = std::max(mag, std::abs(v));
+        ASSERT_GT(mag, 0.0f);
+      }
+    }
+  }
+}
+
+TEST(linear, instruction_sets_above_the_cpu_are_refused) {
+  EXPECT_GE(static_cast<int>(isa::detected()), static_cast<int>(isa::build_floor()));
+  if (isa::detected() != isa::level::avx512) {
+    EXPECT_THROW(isa::set(isa::level::avx512), error);
+  }
+  if (isa::build_floor() == isa::level::avx2) {
+    EXPECT_THROW(isa::set(isa::level::portable), error);
+  }
+  EXPECT_EQ(isa::active(), isa::detected());
+}
 
 TEST(linear, f32_row_dot_matches_reference) {
   std::mt19937_64 rng(5);

@@ -5,6 +5,7 @@
 
 #include "cli/common.h"
 #include "model/decode_loop.h"
+#include "model/isa.h"
 #include "cli/policy_options.h"
 #include "common/error.h"
 #include "common/files.h"
@@ -109,6 +110,7 @@ void register_generate(CLI::App& app) {
         {"kv_type", kv_type_name(s.cache().type())},
         {"prefill", o->prefill},
         {"threads", compute_threads()},
+        {"isa", isa::name(isa::active())},
         {"peak_rss_mb", peak_rss_mb()},
     };
     // KV kept: slots held / slots a full cache would hold, over all heads; gate_ms is the time

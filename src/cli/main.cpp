@@ -9,6 +9,7 @@
 
 #include "cli/common.h"
 #include "common/error.h"
+#include "model/isa.h"
 
 int main(int argc, char** argv) {
   // Two runtime libraries read their settings from the environment once, when they load, so we
@@ -54,6 +55,7 @@ int main(int argc, char** argv) {
   kvgate::cli::register_bench(app);
   kvgate::cli::register_serve(app);
   try {
+    kvgate::isa::set_from_env();  // KVGATE_ISA=avx2 keeps the AVX2 kernels on an AVX-512 CPU
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);

@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "common/error.h"
+#include "model/isa.h"
 #include "model/simd.h"
 
 namespace kvgate {
@@ -149,6 +150,148 @@ void block_pass(bool scores, const uint8_t* const* rows, int nb, const float* q,
   }
 }
 
+// ---- AVX-512: the same passes, 16 lanes wide, the same bits ----------------------------------
+// Scores take 8 slots per step, two per register (lanes 0-7: slot 2p, 8-15: slot 2p + 1), so each
+// lane does the AVX2 kernel's chain of fmas, and the 8 x NG sums are reduced by the AVX2 tree of
+// pairwise adds (_mm256_hadd_ps is per 128-bit lane; here two shuffles and an add per 128-bit
+// lane). Values take tiles of 64 columns (16 per register): every output element is the same
+// chain of fmas in slot order. So both passes give the AVX2 bits (tests/attention_test.cpp
+// checks it). Called only when isa::active() says the CPU has AVX-512.
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
+// GCC 12 reports the undefined upper lanes inside its own AVX-512 intrinsics (unmasked forms) as
+// maybe uninitialized (GCC bug 105593, fixed in 13).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+namespace avx512 {
+
+constexpr int k_sub = 4;  // queries per register group: 4 x 4 accumulators, 4 queries, loads
+
+// Elements [i, i + 8) of rows a (lanes 0-7) and b (lanes 8-15), as load8 gives them.
+template <kv_type T>
+inline __m512 load8_pair(const uint8_t* a, const uint8_t* b, int i) {
+  if constexpr (T == kv_type::f16) {
+    const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(a + 2 * i));
+    const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2 * i));
+    return _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1));
+  } else {
+    return _mm512_insertf32x8(_mm512_castps256_ps512(load8<T>(a, i)), load8<T>(b, i), 1);
+  }
+}
+
+// Elements [i, i + 16) of a row (i a multiple of 16, so q8_0 loads stay in a block).
+template <kv_type T>
+inline __m512 load16(const uint8_t* row, int i) {
+  if constexpr (T == kv_type::f32) {
+    return _mm512_loadu_ps(reinterpret_cast<const float*>(row) + i);
+  } else if constexpr (T == kv_type::f16) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * i)));
+  } else {
+    const uint8_t* b = row + (i / 32) * 34;
+    uint16_t hs;
+    std::memcpy(&hs, b, 2);
+    const __m128i qi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2 + i % 32));
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(qi)), _mm512_set1_ps(_cvtsh_ss(hs)));
+  }
+}
+
+// _mm256_hadd_ps's pairing in each 128-bit lane: [a0 + a1, a2 + a3, b0 + b1, b2 + b3].
+inline __m512 hadd(__m512 a, __m512 b) {
+  return _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+template <kv_type T, int NG>
+void block_scores(const uint8_t* const* rows, int nb, const float* q, int d, float scale, float (*s)[k_attn_block]) {
+  static_assert(k_attn_block % 8 == 0 && NG <= k_sub, "8 slots x NG sums must leave registers for the loads");
+  const __m256 vscale = _mm256_set1_ps(scale);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (int j0 = 0; j0 < nb; j0 += 8) {
+    const uint8_t* row[8];
+    for (int t = 0; t < 8; ++t) row[t] = rows[std::min(j0 + t, nb - 1)];
+    __m512 acc[NG][4];  // acc[g][p]: slot 2p in lanes 0-7, slot 2p + 1 in lanes 8-15
+    for (int g = 0; g < NG; ++g) {
+      for (int p = 0; p < 4; ++p) acc[g][p] = _mm512_setzero_ps();
+    }
+    for (int i = 0; i < d; i += 8) {
+      __m512 qv[NG];
+      for (int g = 0; g < NG; ++g) qv[g] = _mm512_broadcast_f32x8(_mm256_loadu_ps(q + g * d + i));
+      for (int p = 0; p < 4; ++p) {
+        const __m512 kv = load8_pair<T>(row[2 * p], row[2 * p + 1], i);
+        for (int g = 0; g < NG; ++g) acc[g][p] = _mm512_fmadd_ps(qv[g], kv, acc[g][p]);
+      }
+    }
+    for (int g = 0; g < NG; ++g) {
+      // 128-bit lanes of h: the (0-3) sums of slots 0, 2, 4, 6 | their (4-7) sums | the same for
+      // slots 1, 3, 5, 7; each slot's halves then added low + high, as the AVX2 kernel does.
+      const __m512 h = hadd(hadd(acc[g][0], acc[g][1]), hadd(acc[g][2], acc[g][3]));
+      const __m256 even_odd_lo = _mm512_castps512_ps256(h), even_odd_hi = _mm512_extractf32x8_ps(h, 1);
+      const __m256 lo = _mm256_permute2f128_ps(even_odd_lo, even_odd_hi, 0x20);
+      const __m256 hi = _mm256_permute2f128_ps(even_odd_lo, even_odd_hi, 0x31);
+      const __m256 sums = _mm256_permutevar8x32_ps(_mm256_add_ps(lo, hi), order);
+      _mm256_storeu_ps(&s[g][j0], _mm256_mul_ps(sums, vscale));
+    }
+  }
+}
+
+// As values_tile, 16 columns per register.
+template <kv_type T, int NG, int C>
+void values_tile(const uint8_t* const* rows, int nb, const float (*p)[k_attn_block], float* o, int d, int i) {
+  __m512 acc[NG][C];
+#pragma GCC unroll 16
+  for (int g = 0; g < NG; ++g) {
+#pragma GCC unroll 16
+    for (int c = 0; c < C; ++c) acc[g][c] = _mm512_loadu_ps(o + g * d + i + 16 * c);
+  }
+  for (int j = 0; j < nb; ++j) {
+    const uint8_t* row = rows[j];
+    __m512 pj[NG];
+    for (int g = 0; g < NG; ++g) pj[g] = _mm512_set1_ps(p[g][j]);
+    for (int c = 0; c < C; ++c) {
+      const __m512 vv = load16<T>(row, i + 16 * c);
+      for (int g = 0; g < NG; ++g) acc[g][c] = _mm512_fmadd_ps(pj[g], vv, acc[g][c]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int g = 0; g < NG; ++g) {
+#pragma GCC unroll 16
+    for (int c = 0; c < C; ++c) _mm512_storeu_ps(o + g * d + i + 16 * c, acc[g][c]);
+  }
+}
+
+template <kv_type T, int NG>
+void block_values(const uint8_t* const* rows, int nb, const float (*p)[k_attn_block], float* o, int d) {
+  int i = 0;
+  for (; i + 64 <= d; i += 64) values_tile<T, NG, 4>(rows, nb, p, o, d, i);
+  for (; i + 16 <= d; i += 16) values_tile<T, NG, 1>(rows, nb, p, o, d, i);
+  if (i < d) kvgate::values_tile<T, NG, 1>(rows, nb, p, o, d, i);  // the last 8 columns
+}
+
+template <kv_type T>
+void block_pass(bool scores, const uint8_t* const* rows, int nb, const float* q, int n_q, int d, float scale,
+                float (*s)[k_attn_block], float* o) {
+  for (int g0 = 0; g0 < n_q; g0 += k_sub) {
+    const int ng = std::min(k_sub, n_q - g0);
+    const float* qg = q + static_cast<size_t>(g0) * d;
+    float (*sg)[k_attn_block] = s + g0;
+    switch (ng) {  // o is not used (may be null) in the scores pass
+#define KVGATE_CASE(N)                                                                 \
+  case N:                                                                              \
+    if (scores) block_scores<T, N>(rows, nb, qg, d, scale, sg);                        \
+    else block_values<T, N>(rows, nb, sg, o + static_cast<size_t>(g0) * d, d);         \
+    break;
+      KVGATE_CASE(1)
+      KVGATE_CASE(2)
+      KVGATE_CASE(3)
+      KVGATE_CASE(4)
+#undef KVGATE_CASE
+    }
+  }
+}
+
+}  // namespace avx512
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+
 // One pass (scores or values) of the block's nb slots of `src`. With more queries than one
 // register group (prefill tiles), a q8_0 block is first converted to f32 rows in `buf`
 // [k_attn_block x d], once, instead of once per group of k_sub queries; the conversion is exact
@@ -157,11 +300,11 @@ void block_pass(bool scores, const uint8_t* const* rows, int nb, const float* q,
 // thread, 3 alternations): q8_0 3.3-3.8 -> 5.1-6.4 M slots/s; f16 converts in one instruction
 // and was no faster through the buffer (5.4-6.2 on the fly, 4.8-6.7 buffered), so it stays on
 // the fly.
-void block_pass_any(bool scores, const kv_rows& src, const uint32_t* idx, int nb, const float* q, int n_q, int d,
-                    float scale, float (*s)[k_attn_block], float* o, float* buf) {
+void block_pass_any(bool scores, bool wide, const kv_rows& src, const uint32_t* idx, int nb, const float* q,
+                    int n_q, int d, float scale, float (*s)[k_attn_block], float* o, float* buf) {
   const uint8_t* rows[k_attn_block];
   kv_type type = src.type();
-  if (type == kv_type::q8_0 && n_q > k_sub) {
+  if (type == kv_type::q8_0 && n_q > (wide ? avx512::k_sub : k_sub)) {
     for (int j = 0; j < nb; ++j) {
       float* r = buf + static_cast<size_t>(j) * d;
       src.row_to_float(idx[j], r);
@@ -170,6 +313,16 @@ void block_pass_any(bool scores, const kv_rows& src, const uint32_t* idx, int nb
     type = kv_type::f32;
   } else {
     for (int j = 0; j < nb; ++j) rows[j] = src.row(idx[j]);
+  }
+  // The AVX-512 scores pass pays only when a tile has more queries than one AVX2 register group
+  // (prefill): for one group it loses to the AVX2 pass, which needs no lane inserts or shuffles
+  // to pair slots (see "AVX-512" in README.md for the figures). The values pass pays everywhere.
+  if (wide && (!scores || n_q > k_sub)) {
+    switch (type) {
+      case kv_type::f32: avx512::block_pass<kv_type::f32>(scores, rows, nb, q, n_q, d, scale, s, o); return;
+      case kv_type::f16: avx512::block_pass<kv_type::f16>(scores, rows, nb, q, n_q, d, scale, s, o); return;
+      case kv_type::q8_0: avx512::block_pass<kv_type::q8_0>(scores, rows, nb, q, n_q, d, scale, s, o); return;
+    }
   }
   switch (type) {
     case kv_type::f32: block_pass<kv_type::f32>(scores, rows, nb, q, n_q, d, scale, s, o); return;
@@ -226,6 +379,7 @@ void attend_chunk_group(const kv_rows& k, const kv_rows& v, std::span<const slot
   uint32_t idx[B];
 #ifdef KVGATE_AVX2
   const bool fast = d % 8 == 0;  // else the portable path (also the non-AVX2 build's)
+  const bool wide = isa::active() == isa::level::avx512;
   // A q8_0 block's K or V rows as f32, for prefill tiles (see block_pass_any); per thread, 64 KiB
   // at the largest d_head.
   thread_local std::vector<float> block_storage;
@@ -253,7 +407,7 @@ void attend_chunk_group(const kv_rows& k, const kv_rows& v, std::span<const slot
 
 #ifdef KVGATE_AVX2
     if (fast) {
-      block_pass_any(true, k, idx, nb, q, n_q, d, scale, s, o, block_buf);
+      block_pass_any(true, wide, k, idx, nb, q, n_q, d, scale, s, o, block_buf);
     } else
 #endif
     {
@@ -284,7 +438,7 @@ void attend_chunk_group(const kv_rows& k, const kv_rows& v, std::span<const slot
     }
 #ifdef KVGATE_AVX2
     if (fast) {
-      block_pass_any(false, v, idx, nb, q, n_q, d, scale, s, o, block_buf);
+      block_pass_any(false, wide, v, idx, nb, q, n_q, d, scale, s, o, block_buf);
       continue;
     }
 #endif
@@ -320,7 +474,8 @@ void attend_scores(const kv_rows& k, const uint32_t* idx, int nb, const float* q
   if (d % 8 == 0) {
     thread_local std::vector<float> block_storage;
     block_storage.resize(static_cast<size_t>(k_attn_block) * d);
-    block_pass_any(true, k, idx, nb, q, n_q, d, scale, s, nullptr, block_storage.data());
+    block_pass_any(true, isa::active() == isa::level::avx512, k, idx, nb, q, n_q, d, scale, s, nullptr,
+                   block_storage.data());
     return;
   }
 #endif

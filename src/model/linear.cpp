@@ -1,6 +1,7 @@
 #include "model/linear.h"
 
 #include "common/error.h"
+#include "model/isa.h"
 #include "model/kquant_dot.h"
 #include "model/simd.h"
 
@@ -520,6 +521,195 @@ void dot_packed_q8_0(const packed_q8_0* b, const q8_activations* x, int64_t nb, 
 #endif
 }
 
+#ifdef KVGATE_AVX2
+// ---- AVX-512 (VNNI): two groups at a time ----------------------------------------------------
+// A 512-bit register holds chunk c of group g (lanes 0-7: rows 8g..8g+7) and of group g + 1
+// (lanes 8-15), so the layout is the AVX2 kernels' and nothing is repacked. vpdpbusd takes 4
+// unsigned weight bytes times 4 signed activation bytes per lane into an int32 sum, which
+// replaces maddubs + madd (and the int16 bounds they need). Integer sums are exact, and every
+// float lane does the AVX2 kernel's operations in its order, so each row gets the AVX2 bits
+// (tests/linear_test.cpp checks this). Compiled for AVX-512 here only, called only when
+// isa::active() says the CPU has it.
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
+// GCC 12 reports the undefined upper lanes inside its own AVX-512 intrinsics (unmasked forms) as
+// maybe uninitialized (GCC bug 105593, fixed in 13).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+namespace avx512 {
+
+inline __m512i load_pair(const uint8_t* a, const uint8_t* b) {
+  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a))),
+                            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b)), 1);
+}
+inline __m512 load_f16_pair(const uint16_t* a, const uint16_t* b) {
+  const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(a));
+  const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b));
+  return _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1));
+}
+inline __m512i broadcast4(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm512_set1_epi32(v);
+}
+inline void pin(__m512i& v) { asm("" : "+v"(v)); }
+inline __m512 offsets(const packed_q4_1& a, const packed_q4_1& b, __m512) { return load_f16_pair(a.m, b.m); }
+inline __m512 offsets(const packed_q5_1& a, const packed_q5_1& b, __m512) { return load_f16_pair(a.m, b.m); }
+inline __m512 offsets(const packed_q4_0&, const packed_q4_0&, __m512 d) { return _mm512_mul_ps(d, _mm512_set1_ps(-8.0f)); }
+inline __m512 offsets(const packed_q5_0&, const packed_q5_0&, __m512 d) { return _mm512_mul_ps(d, _mm512_set1_ps(-16.0f)); }
+
+// Block i's int32 sums of the two groups for R activation rows, from their unsigned weight
+// quants (lo: elements 4c..4c+3, hi: 16+4c..16+4c+3 of chunk c), as dot_packed_q4 / q5 sum them.
+template <int R, typename Quants>
+inline void nibble_sums(const q8_activations* x, int64_t i, Quants quants, __m512i* s) {
+  for (int r = 0; r < R; ++r) s[r] = _mm512_setzero_si512();
+  for (int c = 0; c < 4; ++c) {
+    __m512i lo, hi;
+    quants(c, lo, hi);
+    for (int r = 0; r < R; ++r) {
+      const int8_t* q = x[r].q.data() + i * 32 + c * 4;
+      s[r] = _mm512_dpbusd_epi32(s[r], lo, broadcast4(q));
+      s[r] = _mm512_dpbusd_epi32(s[r], hi, broadcast4(q + 16));
+      pin(s[r]);
+    }
+  }
+}
+
+// acc += (d_w * d_x) * sums (+ m_w * sum_x): dot_packed_q4's float steps, 16 rows wide.
+template <int R>
+inline void accumulate(__m512* acc, const __m512i* s, __m512 d, const __m512* m, const q8_activations* x, int64_t i) {
+  for (int r = 0; r < R; ++r) {
+    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(x[r].d[i])), _mm512_cvtepi32_ps(s[r]), acc[r]);
+    if (m) acc[r] = _mm512_fmadd_ps(*m, _mm512_set1_ps(x[r].sum[i]), acc[r]);
+  }
+}
+
+template <int R>
+inline void store(const __m512* acc, float* out, int64_t stride) {
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) _mm512_storeu_ps(out + r * stride, acc[r]);
+}
+
+// Groups a and b (consecutive) against R activation rows: out[r * stride + l], l < 16.
+template <typename packed, int R>
+void dot_packed_q4_pair(const packed* a, const packed* b, const q8_activations* x, int64_t nb, float* out,
+                        int64_t stride) {
+  __m512 acc[R];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  const __m512i mask = _mm512_set1_epi8(0x0F);
+  for (int64_t i = 0; i < nb; ++i) {
+    const packed &pa = a[i], &pb = b[i];
+    prefetch_ahead(pa);
+    prefetch_ahead(pb);
+    __m512i s[R];
+    nibble_sums<R>(x, i, [&](int c, __m512i& lo, __m512i& hi) {
+      const __m512i w = load_pair(pa.qs + c * 32, pb.qs + c * 32);
+      lo = _mm512_and_si512(w, mask);
+      hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), mask);
+    }, s);
+    const __m512 d = load_f16_pair(pa.d, pb.d);
+    const __m512 m = offsets(pa, pb, d);
+    accumulate<R>(acc, s, d, &m, x, i);
+  }
+  store<R>(acc, out, stride);
+}
+
+template <typename packed, int R>
+void dot_packed_q5_pair(const packed* a, const packed* b, const q8_activations* x, int64_t nb, float* out,
+                        int64_t stride) {
+  __m512 acc[R];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  const __m512i mask = _mm512_set1_epi8(0x0F), bit4 = _mm512_set1_epi8(0x10);
+  for (int64_t i = 0; i < nb; ++i) {
+    const packed &pa = a[i], &pb = b[i];
+    prefetch_ahead(pa);
+    prefetch_ahead(pb);
+    const __m512i qh = load_pair(reinterpret_cast<const uint8_t*>(pa.qh), reinterpret_cast<const uint8_t*>(pb.qh));
+    __m512i s[R];
+    nibble_sums<R>(x, i, [&](int c, __m512i& lo, __m512i& hi) {
+      // fifth bits at bit 4 of each byte (see dot_packed_q5)
+      const __m512i w = load_pair(pa.qs + c * 32, pb.qs + c * 32);
+      lo = _mm512_or_si512(_mm512_and_si512(w, mask), _mm512_and_si512(_mm512_slli_epi32(qh, 4 - c), bit4));
+      hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(w, 4), mask),
+                           _mm512_and_si512(_mm512_srli_epi32(qh, c), bit4));
+    }, s);
+    const __m512 d = load_f16_pair(pa.d, pb.d);
+    const __m512 m = offsets(pa, pb, d);
+    accumulate<R>(acc, s, d, &m, x, i);
+  }
+  store<R>(acc, out, stride);
+}
+
+template <int R>
+void dot_packed_q8_0_pair(const packed_q8_0* a, const packed_q8_0* b, const q8_activations* x, int64_t nb,
+                          float* out, int64_t stride) {
+  __m512 acc[R];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  const __m512i zero = _mm512_setzero_si512();
+  for (int64_t i = 0; i < nb; ++i) {
+    const packed_q8_0 &pa = a[i], &pb = b[i];
+    prefetch_ahead(pa);
+    prefetch_ahead(pb);
+    __m512i s[R];
+    for (int r = 0; r < R; ++r) s[r] = _mm512_setzero_si512();
+    for (int c = 0; c < 8; ++c) {
+      // vpdpbusd wants unsigned weights: |w| times the activation carrying w's sign (as
+      // _mm256_sign_epi8 does in the AVX2 kernel; where w = 0 the product is 0 either way).
+      const __m512i w = load_pair(reinterpret_cast<const uint8_t*>(pa.qs + c * 32),
+                                  reinterpret_cast<const uint8_t*>(pb.qs + c * 32));
+      const __m512i w_abs = _mm512_abs_epi8(w);
+      const __mmask64 negative = _mm512_movepi8_mask(w);
+      for (int r = 0; r < R; ++r) {
+        const __m512i q = broadcast4(x[r].q.data() + i * 32 + c * 4);
+        s[r] = _mm512_dpbusd_epi32(s[r], w_abs, _mm512_mask_sub_epi8(q, negative, zero, q));
+        pin(s[r]);
+      }
+    }
+    accumulate<R>(acc, s, load_f16_pair(pa.d, pb.d), nullptr, x, i);
+  }
+  store<R>(acc, out, stride);
+}
+
+template <typename packed>
+const packed* group_blocks(const linear& w, int64_t g) {
+  return reinterpret_cast<const packed*>(w.packed) + g * (w.n_in / 32);
+}
+
+template <int R>
+void pair_dot_n(const linear& w, int64_t g, const q8_activations* x, float* out, int64_t stride) {
+  const int64_t nb = w.n_in / 32;
+  switch (w.type) {
+    case tensor_type::q4_1: {
+      const auto* a = group_blocks<packed_q4_1>(w, g);
+      return dot_packed_q4_pair<packed_q4_1, R>(a, a + nb, x, nb, out, stride);
+    }
+    case tensor_type::q4_0: {
+      const auto* a = group_blocks<packed_q4_0>(w, g);
+      return dot_packed_q4_pair<packed_q4_0, R>(a, a + nb, x, nb, out, stride);
+    }
+    case tensor_type::q5_0: {
+      const auto* a = group_blocks<packed_q5_0>(w, g);
+      return dot_packed_q5_pair<packed_q5_0, R>(a, a + nb, x, nb, out, stride);
+    }
+    case tensor_type::q5_1: {
+      const auto* a = group_blocks<packed_q5_1>(w, g);
+      return dot_packed_q5_pair<packed_q5_1, R>(a, a + nb, x, nb, out, stride);
+    }
+    default: {
+      const auto* a = group_blocks<packed_q8_0>(w, g);
+      return dot_packed_q8_0_pair<R>(a, a + nb, x, nb, out, stride);
+    }
+  }
+}
+
+}  // namespace avx512
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+#endif
+
 template <int R>
 void group_dot_n(const linear& w, int64_t g, const q8_activations* x, float* out, int64_t stride) {
   const int64_t nb = w.n_in / 32;
@@ -542,6 +732,15 @@ void group_dot(const linear& w, int64_t g, const q8_activations* x, int64_t n_x,
   simd::for_groups_of_4(n_x, [&](auto R, int64_t r) { group_dot_n<R>(w, g, x + r, out + r * stride, stride); });
 }
 
+// As group_dot for groups g and g + 1 (out: 16 rows) through the AVX-512 kernels.
+void group_pair_dot(const linear& w, int64_t g, const q8_activations* x, int64_t n_x, float* out, int64_t stride) {
+#ifdef KVGATE_AVX2
+  simd::for_groups_of_4(n_x, [&](auto R, int64_t r) { avx512::pair_dot_n<R>(w, g, x + r, out + r * stride, stride); });
+#else
+  fail("group_pair_dot: this build has no AVX-512 kernels");
+#endif
+}
+
 // The activation format an integer kernel of W reads, or none (W takes the float path).
 enum class activation_format { none, q8, q8k };
 
@@ -558,13 +757,21 @@ struct integer_activations {
   int64_t n_x = 0;
 };
 
-// Output units of the integer path: a group of 8 rows when W is packed, else one row.
-int64_t n_units(const linear& w) { return w.packed ? w.n_out / k_group_rows : w.n_out; }
+// Output units of the integer path: a group of 8 rows when W is packed (two groups with the
+// AVX-512 kernels, the last alone when the count is odd), else one row.
+int64_t n_units(const linear& w, bool wide) {
+  if (!w.packed) return w.n_out;
+  const int64_t groups = w.n_out / k_group_rows;
+  return wide ? (groups + 1) / 2 : groups;
+}
 
 // Unit u of W against the n_x vectors x; y [n_x, W.n_out].
-void unit_dot(const linear& w, int64_t u, const integer_activations& x, float* y) {
+void unit_dot(const linear& w, int64_t u, const integer_activations& x, bool wide, float* y) {
   if (w.packed) {
-    group_dot(w, u, x.q8, x.n_x, y + u * k_group_rows, w.n_out);
+    if (!wide) return group_dot(w, u, x.q8, x.n_x, y + u * k_group_rows, w.n_out);
+    const int64_t g = 2 * u;
+    if (g + 1 < w.n_out / k_group_rows) return group_pair_dot(w, g, x.q8, x.n_x, y + g * k_group_rows, w.n_out);
+    return group_dot(w, g, x.q8, x.n_x, y + g * k_group_rows, w.n_out);
   } else if (has_row_kernel(w.type)) {
     row_dot_q8(w, u, x.q8, x.n_x, y + u, w.n_out);
   } else {
@@ -614,14 +821,15 @@ void forward_integer(std::span<const linear* const> w, const float* x, std::span
     }
     act.q8k = q8k;
   }
+  const bool wide = isa::active() == isa::level::avx512;
   int64_t first[5] = {0};  // first output unit of each weight in the joint range
-  for (size_t i = 0; i < w.size(); ++i) first[i + 1] = first[i] + n_units(*w[i]);
+  for (size_t i = 0; i < w.size(); ++i) first[i + 1] = first[i] + n_units(*w[i], wide);
   const int64_t n_total = first[w.size()];
 #pragma omp parallel for schedule(static) num_threads(g_threads)
   for (int64_t u = 0; u < n_total; ++u) {
     size_t i = 0;
     while (u >= first[i + 1]) ++i;
-    unit_dot(*w[i], u - first[i], act, y[i]);
+    unit_dot(*w[i], u - first[i], act, wide, y[i]);
   }
 }
 
