@@ -64,6 +64,41 @@ TEST(cli, generate_chat_answers_and_reports_speed_on_stderr) {
   EXPECT_GT(j["peak_rss_mb"].get<double>(), 0.0);
 }
 
+TEST(cli, kvgate_isa_picks_the_kernels_with_the_same_tokens_and_refuses_unknown_names) {
+  // KVGATE_ISA chooses the kernels; the AVX-512 ones give the AVX2 bits, so greedy text is the
+  // same. The summary names the set that ran.
+  auto run_with = [](const std::string& isa, const std::string& args) {
+    const std::string dir = test::temp_dir();
+    result r;
+    r.status = test::run_command("KVGATE_ISA=" + isa + " " + std::string(KVGATE_BINARY) + " " + args + " 2>" + dir +
+                                     "/isa_stderr </dev/null",
+                                 &r.out);
+    std::ifstream in(dir + "/isa_stderr", std::ios::binary);
+    r.err.assign(std::istreambuf_iterator<char>(in), {});
+    return r;
+  };
+  const std::string gen = "generate " + model_arg() + " --prompt 'The history of the river' -n 24 --temp 0 --ignore-eos";
+  const result bogus = run_with("sse9", gen);
+  EXPECT_NE(bogus.status, 0);
+  EXPECT_NE(bogus.err.find("KVGATE_ISA=sse9: unknown instruction set"), std::string::npos) << bogus.err;
+  const result native = run(gen), avx2 = run_with("avx2", gen);
+  ASSERT_EQ(native.status, 0) << native.err;
+  ASSERT_EQ(avx2.status, 0) << avx2.err;
+  EXPECT_EQ(native.out, avx2.out);
+  auto isa_of = [](const result& r) {
+    const size_t at = r.err.find("kvgate: {");
+    return at == std::string::npos ? std::string() : nlohmann::json::parse(r.err.substr(at + 8))["isa"].get<std::string>();
+  };
+  EXPECT_EQ(isa_of(avx2), "avx2");
+  const std::string best = isa_of(native);
+  EXPECT_TRUE(best == "avx2" || best == "avx512") << best;
+  if (best == "avx2") {  // a CPU without AVX-512 refuses it
+    const result r = run_with("avx512", gen);
+    EXPECT_NE(r.status, 0);
+    EXPECT_NE(r.err.find("not available on this CPU"), std::string::npos) << r.err;
+  }
+}
+
 TEST(cli, generate_with_seed_is_reproducible) {
   const std::string args = "generate " + model_arg() + " --prompt 'Once upon a time' -n 10 --temp 0.9 --seed 7";
   const result a = run(args), b = run(args);
