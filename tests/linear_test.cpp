@@ -2,6 +2,7 @@
 // double-precision loop over the dequantized weight, for every supported type and edge sizes.
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -311,6 +312,47 @@ TEST(linear, avx512_kernels_give_every_row_the_avx2_bits) {
       }
     }
   }
+}
+
+// The integer kernels' activation quantizer (vector path on AVX2 builds) against its scalar
+// definition, bit for bit: random blocks, blocks whose step is 1 so that x / d lands exactly on
+// the .5 ties (rounded to even), all-zero blocks, and tiny and huge magnitudes.
+TEST(linear, activation_quantizer_gives_the_bits_of_its_scalar_definition) {
+  std::mt19937_64 rng(11);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> x;
+  for (int b = 0; b < 64; ++b) {
+    const float mag = std::ldexp(1.0f, static_cast<int>(rng() % 60) - 30);
+    for (int j = 0; j < 32; ++j) x.push_back(mag * normal(rng));
+  }
+  for (int b = 0; b < 8; ++b) {  // d = 1: halves are exact ties
+    for (int j = 0; j < 32; ++j) x.push_back(j == 5 ? 127.0f : static_cast<float>(static_cast<int>(rng() % 254) - 127) + 0.5f * (j % 2));
+  }
+  for (int j = 0; j < 32; ++j) x.push_back(0.0f);
+  for (int j = 0; j < 32; ++j) x.push_back(j == 31 ? -127.0f : -0.5f - static_cast<float>(j));
+  const int64_t n = static_cast<int64_t>(x.size());
+  q8_activations got;
+  quantize_activations(x.data(), n, got);
+  ASSERT_EQ(got.q.size(), x.size());
+  int ties = 0;
+  for (int64_t b = 0; b < n / 32; ++b) {
+    const float* xb = x.data() + b * 32;
+    float amax = 0.0f;
+    for (int j = 0; j < 32; ++j) amax = std::max(amax, std::abs(xb[j]));
+    const float d = amax / 127.0f;
+    const float id = d > 0.0f ? 1.0f / d : 0.0f;
+    int sum = 0;
+    for (int j = 0; j < 32; ++j) {
+      const float scaled = xb[j] * id;
+      const int q = static_cast<int>(std::nearbyint(scaled));
+      ties += scaled - std::floor(scaled) == 0.5f;
+      ASSERT_EQ(got.q[b * 32 + j], q) << "block " << b << " element " << j << " x " << xb[j];
+      sum += q;
+    }
+    ASSERT_EQ(std::bit_cast<uint32_t>(got.d[b]), std::bit_cast<uint32_t>(d)) << "block " << b;
+    ASSERT_EQ(std::bit_cast<uint32_t>(got.sum[b]), std::bit_cast<uint32_t>(d * sum)) << "block " << b;
+  }
+  EXPECT_GT(ties, 100);  // the tie blocks did exercise round-half-even
 }
 
 TEST(linear, instruction_sets_above_the_cpu_are_refused) {

@@ -81,6 +81,18 @@ float linear_row_dot(const linear& w, int64_t i, const float* x);
 // The obvious reference: dequantize the row, multiply-add in double.
 double linear_row_dot_reference(const linear& w, int64_t i, const float* x);
 
+// The activations of the Q4 / Q5 / Q8_0 integer kernels: blocks of 32 with step d = max|x| / 127,
+// q = round-half-even(x / d) in [-127, 127] (x * (1 / d) rounded in the current rounding mode,
+// as std::nearbyint does), and sum = d * sum(q).
+struct q8_activations {
+  std::vector<float> d;    // [n_blocks]
+  std::vector<float> sum;  // [n_blocks]
+  std::vector<int8_t> q;   // [n_blocks * 32]
+};
+// Quantizes x[0 .. n) (n a multiple of 32) into out, reusing its storage; exposed for tests. The
+// vector path gives the bits of the scalar definition above for finite x.
+void quantize_activations(const float* x, int64_t n, q8_activations& out);
+
 // Sets the thread count used by OpenMP regions and by BLAS.
 void set_compute_threads(int n_threads);
 int compute_threads();
