@@ -129,6 +129,55 @@ TEST(kv_cache, eviction_leaves_holes_until_they_pass_the_fraction_then_compacts)
 
 // The CLI flag: each type generates and reports its bytes (f32 rows twice f16's); a bad name is a
 // clear error.
+// Truncation drops the newest slots (positions >= the cut) of every head, masked ones and
+// pre-RoPE key rows included, and leaves the rest as it was: the same rows, masks and counts.
+TEST(kv_cache, truncate_drops_the_newest_slots_of_every_head) {
+  const int d = 16, n_kv = 2, n_tok = 10;
+  kv_cache cache(2, n_kv, d, kv_type::f16);
+  cache.set_keep_pre_rope(true);
+  const auto k = random_rows(static_cast<size_t>(n_tok) * n_kv * d, 7);
+  const auto v = random_rows(static_cast<size_t>(n_tok) * n_kv * d, 8);
+  std::vector<int32_t> pos(n_tok);
+  for (int t = 0; t < n_tok; ++t) pos[t] = t;
+  cache.set_mask_mode(true);
+  for (int il = 0; il < 2; ++il) cache.append(il, k.data(), v.data(), pos.data(), n_tok, k.data());
+  // Head (0, 0): slots 2 and 8 masked; its pre-RoPE rows released below position 6.
+  std::vector<uint8_t> keep(n_tok, 1);
+  keep[2] = keep[8] = 0;
+  cache.evict(0, 0, keep);
+  cache.release_pre_rope(0, 0, 6);
+  ASSERT_EQ(cache.n_pre_rope(0, 0), 4u);
+  std::vector<float> before(static_cast<size_t>(7) * d);
+  cache.head(1, 1).v.to_float(0, 7, before.data());
+
+  cache.truncate(7);
+  for (int il = 0; il < 2; ++il) {
+    for (int ih = 0; ih < n_kv; ++ih) {
+      const kv_head& h = cache.head(il, ih);
+      ASSERT_EQ(h.n_slots(), 7u);
+      EXPECT_EQ(h.k.n_rows(), 7u);
+      EXPECT_EQ(h.v.n_rows(), 7u);
+      EXPECT_EQ(h.pos.back(), 6);
+      EXPECT_EQ(h.masked.size(), 7u);
+      EXPECT_EQ(h.attn_sum.size(), 7u);
+      EXPECT_EQ(h.attn_last.size(), 7u);
+      EXPECT_EQ(h.score.size(), 7u);
+    }
+  }
+  EXPECT_EQ(cache.head(0, 0).n_masked, 1u);  // slot 8 went with the cut, slot 2 stays masked
+  EXPECT_EQ(cache.head(0, 0).n_live(), 6u);
+  EXPECT_EQ(cache.n_pre_rope(0, 0), 1u);     // rows of slots 6..9, of which slot 6 remains
+  EXPECT_EQ(cache.n_pre_rope(1, 0), 7u);
+  std::vector<float> after(before.size());
+  cache.head(1, 1).v.to_float(0, 7, after.data());
+  EXPECT_EQ(after, before);
+  cache.truncate(7);  // nothing at or past 7 is left
+  EXPECT_EQ(cache.head(1, 0).n_slots(), 7u);
+  cache.truncate(0);
+  EXPECT_EQ(cache.n_live_total(), 0u);
+  EXPECT_EQ(cache.n_pre_rope(0, 0), 0u);
+}
+
 TEST(kv_cache, generate_kv_type_flag_sets_the_storage_and_its_bytes) {
   std::map<std::string, double> bytes;
   for (const char* type : {"f32", "f16", "q8_0"}) {

@@ -244,10 +244,10 @@ TEST_F(serve_test, max_tokens_is_capped_at_the_context_left) {
   EXPECT_LE(n_prompt + r.body["usage"]["completion_tokens"].get<int>(), 512);
 }
 
-std::string generate_chat(const std::string& policy_flags, int n) {
+std::string generate_chat(const std::string& policy_flags, int n, const std::string& question = k_question) {
   const test::kvgate_result g = test::run_kvgate("generate --model " + test::default_model_path() +
                                                  " --threads 1 --chat --temp 0 -n " + std::to_string(n) + " --ctx 512 -p \"" +
-                                                 k_question + "\" " + policy_flags);
+                                                 question + "\" " + policy_flags);
   EXPECT_EQ(g.status, 0) << g.err;
   std::string out = g.out;
   if (!out.empty() && out.back() == '\n') out.pop_back();
@@ -378,8 +378,59 @@ TEST_F(serve_test, a_continued_conversation_reuses_the_slot_cache) {
   ASSERT_EQ(second.status, 200);
   EXPECT_GT(second.body["timings"]["cache_n"].get<int>(), first.body["usage"]["prompt_tokens"].get<int>() - 1);
   // Another policy never reuses it.
-  body["kv_policy"] = {{"name", "full"}};
+  body["kv_policy"] = {{"name", "streaming"}, {"window", 24}};
   const reply third = post(*server_, "/v1/chat/completions", body.dump());
+  EXPECT_EQ(third.body["timings"]["cache_n"], 0);
+}
+
+// Under the full cache a slot whose cache shares only its start with the prompt (here: the same
+// question asked again with a different ending) is cut back to the shared tokens, and the reply
+// is still the one `kvgate generate --chat` gives.
+TEST_F(serve_test, the_full_cache_reuses_a_shared_start_and_replies_as_a_fresh_run) {
+  json body = {{"messages", {{{"role", "user"}, {"content", k_question}}}}, {"max_tokens", 12}, {"temperature", 0}};
+  const reply first = post(*server_, "/v1/chat/completions", body.dump());
+  ASSERT_EQ(first.status, 200) << first.raw;
+  const std::string question = std::string(k_question) + " Answer in one word.";
+  body["messages"][0]["content"] = question;
+  body["max_tokens"] = 24;
+  const reply second = post(*server_, "/v1/chat/completions", body.dump());
+  ASSERT_EQ(second.status, 200) << second.raw;
+  const int n_prompt = second.body["usage"]["prompt_tokens"];
+  const int cache_n = second.body["timings"]["cache_n"];
+  EXPECT_GE(2 * cache_n, n_prompt);
+  EXPECT_LT(cache_n, first.body["usage"]["prompt_tokens"].get<int>());  // it diverged inside the first prompt
+  EXPECT_EQ(second.body["choices"][0]["message"]["content"], generate_chat("", 24, question));
+  // The same prompt again: all of it is shared, and one token still runs for the first logits.
+  const reply third = post(*server_, "/v1/chat/completions", body.dump());
+  ASSERT_EQ(third.status, 200) << third.raw;
+  EXPECT_EQ(third.body["timings"]["cache_n"].get<int>(), n_prompt - 1);
+  EXPECT_EQ(third.body["choices"][0]["message"]["content"], second.body["choices"][0]["message"]["content"]);
+}
+
+// A request that shares too little with any idle slot to take it over gets a cold slot, and
+// under the full cache that slot starts from a copy of the longest start another slot shares with
+// it (here the chat template's system prompt): cache_n counts the copied tokens, and the reply is
+// the one `kvgate generate --chat` gives.
+TEST_F(serve_test, the_full_cache_copies_a_start_shared_with_another_slot) {
+  json body = {{"messages", {{{"role", "user"}, {"content", k_question}}}}, {"max_tokens", 4}, {"temperature", 0}};
+  const reply first = post(*server_, "/v1/chat/completions", body.dump());
+  ASSERT_EQ(first.status, 200) << first.raw;
+  const std::string question =
+      "Name three rivers that flow through Germany, and say which of them is the longest and where it rises.";
+  body["messages"][0]["content"] = question;
+  body["max_tokens"] = 16;
+  const reply second = post(*server_, "/v1/chat/completions", body.dump());
+  ASSERT_EQ(second.status, 200) << second.raw;
+  const int n_prompt = second.body["usage"]["prompt_tokens"];
+  const int cache_n = second.body["timings"]["cache_n"];
+  EXPECT_GT(cache_n, 8);             // the system prompt and the user turn's start
+  EXPECT_LT(2 * cache_n, n_prompt);  // too little to take over a slot
+  EXPECT_EQ(second.body["choices"][0]["message"]["content"], generate_chat("", 16, question));
+  // Another policy's slots are never copied.
+  body["kv_policy"] = {{"name", "h2o"}, {"budget", 8}, {"window", 8}};
+  body["messages"][0]["content"] = std::string(question) + " Be brief.";
+  const reply third = post(*server_, "/v1/chat/completions", body.dump());
+  ASSERT_EQ(third.status, 200) << third.raw;
   EXPECT_EQ(third.body["timings"]["cache_n"], 0);
 }
 

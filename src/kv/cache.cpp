@@ -120,6 +120,16 @@ size_t kv_cache::evict(int il, int ih, std::span<const uint8_t> keep) {
   return n_evicted;
 }
 
+void kv_cache::keep_first_slots(kv_head& h, size_t n) {
+  h.k.truncate(n);
+  h.v.truncate(n);
+  h.pos.resize(n);
+  h.masked.resize(n);
+  h.attn_sum.resize(n);
+  h.attn_last.resize(n);
+  h.score.resize(n);
+}
+
 void kv_cache::compact(int il, int ih) {
   kv_head& h = head(il, ih);
   if (mask_mode_ || h.n_masked == 0) return;
@@ -147,13 +157,7 @@ void kv_cache::compact(int il, int ih) {
     ++w;
   }
   assert(n - w == h.n_masked);
-  h.k.truncate(w);
-  h.v.truncate(w);
-  h.pos.resize(w);
-  h.masked.resize(w);
-  h.attn_sum.resize(w);
-  h.attn_last.resize(w);
-  h.score.resize(w);
+  keep_first_slots(h, w);
   h.k_pre.resize(w_pre * d);
   h.n_masked = 0;
   // Give memory back once the arrays are mostly empty, so eviction really shrinks the footprint.
@@ -191,6 +195,41 @@ size_t kv_cache::n_live_total() const {
   size_t total = 0;
   for (const kv_head& h : heads_) total += h.n_live();
   return total;
+}
+
+void kv_cache::truncate(int32_t pos_end) {
+  const size_t d = d_head_;
+  for (kv_head& h : heads_) {
+    const size_t keep = std::lower_bound(h.pos.begin(), h.pos.end(), pos_end) - h.pos.begin();
+    const size_t n = h.n_slots();
+    if (keep == n) continue;
+    for (size_t j = keep; j < n; ++j) h.n_masked -= h.masked[j];
+    const size_t n_pre = h.k_pre.size() / d;
+    h.k_pre.resize((n_pre - std::min(n_pre, n - keep)) * d);  // the pre-RoPE rows are a suffix
+    keep_first_slots(h, keep);
+  }
+}
+
+void kv_cache::assign_prefix(const kv_cache& from, int32_t pos_end) {
+  if (from.n_layer_ != n_layer_ || from.n_kv_head_ != n_kv_head_ || from.d_head_ != d_head_ || from.type_ != type_) {
+    fail("kv_cache::assign_prefix: caches of different shapes or types");
+  }
+  const size_t d = d_head_;
+  for (size_t i = 0; i < heads_.size(); ++i) {
+    const kv_head& src = from.heads_[i];
+    kv_head& h = heads_[i];
+    const size_t keep = std::lower_bound(src.pos.begin(), src.pos.end(), pos_end) - src.pos.begin();
+    const size_t n_pre = src.k_pre.size() / d, pre_first = src.n_slots() - n_pre;
+    h.k.data_.assign(src.k.data_.begin(), src.k.data_.begin() + keep * src.k.row_bytes_);
+    h.v.data_.assign(src.v.data_.begin(), src.v.data_.begin() + keep * src.v.row_bytes_);
+    h.pos.assign(src.pos.begin(), src.pos.begin() + keep);
+    h.masked.assign(src.masked.begin(), src.masked.begin() + keep);
+    h.attn_sum.assign(src.attn_sum.begin(), src.attn_sum.begin() + keep);
+    h.attn_last.assign(src.attn_last.begin(), src.attn_last.begin() + keep);
+    h.score.assign(src.score.begin(), src.score.begin() + keep);
+    h.k_pre.assign(src.k_pre.begin(), src.k_pre.begin() + (keep > pre_first ? keep - pre_first : 0) * d);
+    h.n_masked = static_cast<size_t>(std::count(h.masked.begin(), h.masked.end(), uint8_t{1}));
+  }
 }
 
 void kv_cache::clear() {

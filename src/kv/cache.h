@@ -136,10 +136,19 @@ class kv_cache {
   static size_t bytes_per_slot(int d_head, kv_type type = kv_type::f16);
   size_t bytes_per_slot() const { return bytes_per_slot(d_head_, type_); }
 
+  // Drops every head's slots at positions >= pos_end (the newest ones: positions increase), with
+  // their pre-RoPE keys. For a session rolled back to a prefix of what it has stepped.
+  void truncate(int32_t pos_end);
+  // Becomes a copy of from's slots at positions < pos_end (same shape and type; the mode flags
+  // stay this cache's own). Copies only those slots' rows.
+  void assign_prefix(const kv_cache& from, int32_t pos_end);
+
   void clear();
 
  private:
   size_t index(int il, int ih) const { return static_cast<size_t>(il) * n_kv_head_ + ih; }
+  // Cuts every per-slot array of h but k_pre to its first n slots.
+  static void keep_first_slots(kv_head& h, size_t n);
   int n_layer_, n_kv_head_, d_head_;
   kv_type type_;
   bool mask_mode_ = false;

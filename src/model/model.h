@@ -81,6 +81,14 @@ class session {
   std::span<const float> prefill(std::span<const int32_t> tokens);
 
   void reset();  // empty cache, position 0
+  // Back to the first n positions (0 <= n <= n_past()): the cache drops every slot at a position
+  // >= n. What was evicted before stays evicted, and a policy's own state is not rolled back, so
+  // the continuation equals a fresh run's only when nothing was evicted (the full cache).
+  void truncate(int n);
+  // Starts over from the first n positions of another session of the same model (n <=
+  // from.n_past()): this cache becomes a copy of those slots of from's, evicted ones still evicted.
+  // As truncate, exact only when from evicted nothing.
+  void copy_prefix(const session& from, int n);
   int n_past() const { return n_past_; }
   int n_ctx() const { return n_ctx_; }
   kv_cache& cache() { return cache_; }

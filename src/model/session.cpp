@@ -24,6 +24,19 @@ void session::reset() {
   n_past_ = 0;
 }
 
+void session::truncate(int n) {
+  if (n < 0 || n > n_past_) fail("session::truncate: {} is outside [0, {}]", n, n_past_);
+  cache_.truncate(n);
+  n_past_ = n;
+}
+
+void session::copy_prefix(const session& from, int n) {
+  if (&from.model_ != &model_) fail("session::copy_prefix: the sessions run different models");
+  if (n < 0 || n > from.n_past_ || n > n_ctx_) fail("session::copy_prefix: {} is outside [0, {}]", n, std::min(from.n_past_, n_ctx_));
+  cache_.assign_prefix(from.cache_, n);
+  n_past_ = n;
+}
+
 std::span<const float> session::prefill(std::span<const int32_t> tokens) {
   std::span<const float> logits;
   for (size_t i = 0; i < tokens.size(); i += n_batch_) {

@@ -136,19 +136,55 @@ bool scheduler::admit_locked() {
       continue;
     }
     const std::vector<int32_t>& prompt = t->req.prompt;
-    // Longest cached prefix under the same policy, else the least recently used free slot.
+    // The slot whose cache serves the longest prefix of the prompt under the same policy, else
+    // the least recently used free slot. A cache that is all a prefix of the prompt (the
+    // conversation goes on) serves whole under any policy. Under the full cache, nothing was ever
+    // evicted, so a cache that shares only its start with the prompt (another reply regenerated,
+    // an edited turn, a shared system prompt) is cut back to the shared tokens (session::truncate),
+    // as llama-server keeps a slot's common prefix; only when they are at least half the prompt,
+    // so that a slot does not give up its own conversation for a few tokens. At least one prompt
+    // token always runs, for the first reply token's logits.
     slot* best = nullptr;
-    bool reuse = false;
+    size_t best_keep = 0;
     for (auto& sp : slots_) {
       slot& sl = *sp;
       if (sl.t) continue;
-      const bool prefix = sl.policy_key == t->req.policy.key && !sl.cached.empty() && sl.cached.size() < prompt.size() &&
-                          std::equal(sl.cached.begin(), sl.cached.end(), prompt.begin());
-      if (prefix && (!reuse || sl.cached.size() > best->cached.size())) {
+      size_t keep = 0;
+      if (sl.policy_key == t->req.policy.key && !sl.cached.empty()) {
+        const size_t common =
+            std::mismatch(sl.cached.begin(), sl.cached.end(), prompt.begin(), prompt.end()).first - sl.cached.begin();
+        if (common == sl.cached.size() && common < prompt.size()) {
+          keep = common;
+        } else if (t->req.policy.config.kind == policy_kind::full && 2 * common >= prompt.size()) {
+          keep = std::min(common, prompt.size() - 1);
+        }
+      }
+      if (keep > best_keep) {
         best = &sl;
-        reuse = true;
-      } else if (!reuse && (!best || sl.last_used < best->last_used)) {
+        best_keep = keep;
+      } else if (best_keep == 0 && (!best || sl.last_used < best->last_used)) {
         best = &sl;
+      }
+    }
+    const bool reuse = best_keep > 0;
+    // A request that no idle slot continues may still share its start with another slot's cache,
+    // idle or running (the model's default system prompt starts every chat): under the full
+    // cache those slots are copied (session::copy_prefix) instead of computed again, as vLLM and
+    // SGLang share cached prefixes between requests. Sessions are only stepped on this thread, so
+    // a running slot's cache holds still while it is read.
+    slot* donor = nullptr;
+    size_t donor_keep = 0;
+    if (!reuse && best && t->req.policy.config.kind == policy_kind::full) {
+      for (auto& sp : slots_) {
+        const slot& sl = *sp;
+        if (sp.get() == best || sl.policy_key != t->req.policy.key || sl.cached.empty()) continue;
+        const size_t common =
+            std::mismatch(sl.cached.begin(), sl.cached.end(), prompt.begin(), prompt.end()).first - sl.cached.begin();
+        const size_t keep = std::min({common, prompt.size() - 1, static_cast<size_t>(sl.s->n_past())});
+        if (keep > donor_keep) {
+          donor = sp.get();
+          donor_keep = keep;
+        }
       }
     }
     if (!best) break;
@@ -173,6 +209,7 @@ bool scheduler::admit_locked() {
         victim->cached.clear();
       }
       if (used() + need > options_.kv_memory_bytes) break;  // waits for running slots to finish
+      if (donor && donor->cached.empty()) donor = nullptr;     // dropped to make room
     }
     queue_.pop_front();
     ++n_active_;
@@ -182,6 +219,10 @@ bool scheduler::admit_locked() {
     sl.bytes_per_position = position_bytes(t->req.policy.config.kind);
     sl.last_used = ++clock_;
     if (reuse) {
+      if (best_keep < sl.cached.size()) {
+        sl.s->truncate(static_cast<int>(best_keep));
+        sl.cached.resize(best_keep);
+      }
       sl.n_prompt_done = sl.cached.size();
     } else {
       sl.s->reset();
@@ -191,6 +232,11 @@ bool scheduler::admit_locked() {
       sl.policy_key = t->req.policy.key;
       sl.policy_json = sl.policy_key.empty() ? nlohmann::json() : nlohmann::json::parse(sl.policy_key);
       sl.n_prompt_done = 0;
+      if (donor) {
+        sl.s->copy_prefix(*donor->s, static_cast<int>(donor_keep));
+        sl.cached.assign(prompt.begin(), prompt.begin() + static_cast<std::ptrdiff_t>(donor_keep));
+        sl.n_prompt_done = donor_keep;
+      }
     }
     sl.n_reused = static_cast<int>(sl.n_prompt_done);
     sl.pick = std::make_unique<sampler>(t->req.sampling);
