@@ -60,6 +60,10 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--policy", default=None, help='kv_policy JSON, e.g. \'{"name":"h2o","budget":64}\'')
     ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--distinct-prompts", action="store_true",
+                    help="start every request with its own system message, so that prompts share "
+                         "no more than the template's first tokens (the server's prefix sharing "
+                         "then has next to nothing to reuse)")
     a = ap.parse_args()
     url = f"http://127.0.0.1:{a.port}/v1/chat/completions"
     for n in a.clients:
@@ -68,7 +72,11 @@ def main():
 
         def client(i):
             for j in range(a.requests):
-                body = {"messages": [{"role": "user", "content": f"Write a short story about robot number {i * 100 + j}."}],
+                messages = [{"role": "user", "content": f"Write a short story about robot number {i * 100 + j}."}]
+                if a.distinct_prompts:
+                    messages.insert(0, {"role": "system", "content": f"{(i * 7919 + j * 104729 + n * 31) % 100000:05d} is your "
+                                                                       "call sign. You are a helpful assistant."})
+                body = {"messages": messages,
                         "max_tokens": a.max_tokens, "temperature": 0.7, "seed": i * 100 + j, "stream": True,
                         "stream_options": {"include_usage": True}}
                 if a.policy:
