@@ -66,6 +66,14 @@ TEST(bench, configurations_cover_every_policy_at_budgets_matching_the_shares) {
     EXPECT_EQ(p.evict_until, c.evict_once ? 1999 : -1) << c.curve;
   }
   EXPECT_EQ(n_outside, 1);
+  // Evicting after the context: the policy first evicts at the last context token, then at every
+  // step; snapkv still compresses once, at the prompt's end.
+  for (eval::bench_config c : configs) {
+    c.evict_after_context = true;
+    const policy_config p = eval::policy_for_prompt(c, 1500, 2000);
+    EXPECT_EQ(p.evict_from, c.evict_once ? 1999 : 1499) << c.curve;
+    EXPECT_EQ(p.evict_until, c.evict_once ? 1999 : -1) << c.curve;
+  }
   for (size_t i = 1; i < configs.size(); ++i) {
     const policy_config& p = configs[i].policy;
     EXPECT_EQ(p.mode, select_mode::budget);

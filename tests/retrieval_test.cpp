@@ -224,5 +224,29 @@ TEST_F(suite_fixture, bench_runs_the_suite_alone_and_refuses_bad_names) {
   EXPECT_FALSE(fs::exists(test::temp_dir() + "/bad/report.json"));
 }
 
+TEST_F(suite_fixture, an_oracle_curve_keeps_the_asked_needles_its_policy_evicts) {
+  const std::string out = test::temp_dir() + "/oracle";
+  const test::kvgate_result r = test::run_kvgate(
+      "bench --model " + test::default_model_path() + " --threads 2 --corpus " + corpus + " --out " + out +
+      " --suite retrieval --ctx 512 --tasks niah_single --retrieval-cases 2 --baselines streaming --shares 0.5 "
+      "--oracle-keep needles,question --no-plots");
+  ASSERT_EQ(r.status, 0) << r.err;
+  const auto report = nlohmann::json::parse(std::ifstream(out + "/report.json"));
+  const auto& runs = report["retrieval"]["runs"];
+  ASSERT_EQ(runs.size(), 4u);
+  EXPECT_EQ(runs[1]["curve"], "streaming");
+  EXPECT_EQ(runs[2]["curve"], "streaming-oracle-needles");
+  EXPECT_EQ(runs[3]["curve"], "streaming-oracle-question");
+  // Streaming at half the context loses both needles (depths 0.1 and 0.2); the needle oracle
+  // keeps every slot of them within the same budget; the question oracle keeps the question,
+  // which streaming's window holds anyway, and no needle.
+  EXPECT_EQ(runs[1]["tasks"][0]["needle_kept"], 0.0);
+  EXPECT_EQ(runs[2]["tasks"][0]["needle_kept"], 1.0);
+  EXPECT_EQ(runs[3]["tasks"][0]["needle_kept"], 0.0);
+  for (int i = 1; i < 4; ++i) EXPECT_NEAR(runs[i]["kv_share_final"].get<double>(), 0.5, 0.05) << i;
+  // Full keeps the full cache: no oracle curve for it.
+  EXPECT_EQ(runs[0]["curve"], "full");
+}
+
 }  // namespace
 }  // namespace kvgate

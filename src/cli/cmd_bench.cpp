@@ -27,6 +27,9 @@ void register_bench(CLI::App& app) {
     std::vector<std::string> corpus = {k_default_heldout_corpus};
     eval::bench_options bench;
     bool no_plots = false;
+    std::vector<std::string> oracle_keep;
+    bool evict_after_context = false;
+    bool retrieval_no_full = false;
     std::string suite = "all";
     std::string prefill = "f32";  // exact to float rounding, as perplexity; int8 as generate and serve
   };
@@ -91,6 +94,17 @@ void register_bench(CLI::App& app) {
       ->check(CLI::Range(0, 1 << 20));
   sub->add_option("--seed", o->bench.seed, "seed of file order, needle keys and the random policy");
   sub->add_flag("--no-plots", o->no_plots, "no gnuplot PNGs");
+  sub->add_flag("--evict-after-context", o->evict_after_context,
+                "retrieval suite: prefill the context before the question with nothing evicted, evict first when it "
+                "is in, then after every step, as kvpress and KVzip compress a read context (default: evict after "
+                "every prefill chunk from the start)");
+  sub->add_flag("--retrieval-no-full", o->retrieval_no_full,
+                "leave the full cache's curve out of the retrieval suite (another run measured the same cases)");
+  sub->add_option("--oracle-keep", o->oracle_keep,
+                  "diagnostic: in the retrieval suite these prompt parts (needles: the asked needles; question: the "
+                  "question and answer prefix) score above every other slot, as a scorer that found them perfectly "
+                  "would: each part adds a curve CURVE-oracle-PART beside every evicting curve")
+      ->delimiter(',')->check(CLI::IsMember({"needles", "question"}));
 
   sub->callback([o] {
     o->bench.prefill = parse_prefill(o->prefill);
@@ -183,9 +197,9 @@ void register_bench(CLI::App& app) {
     size_t n_twins = 0;  // snapkv-ctx rows take their twin's quality figures (below)
     for (const auto& c : configs) n_twins += c.question_outside;
     const double quality_units = static_cast<double>(in.windows.size()) * (configs.size() - n_twins + 1);
-    const double total_units =
-        quality_units + static_cast<double>(curves.size()) * (in.cases.size() + in.retrieval_cases.size()) +
-        static_cast<double>(retrieval_configs.size()) * in.retrieval_cases.size();
+    // Known once the retrieval configurations are (below).
+    double total_units = quality_units + static_cast<double>(curves.size()) * (in.cases.size() + in.retrieval_cases.size()) +
+                         static_cast<double>(retrieval_configs.size()) * in.retrieval_cases.size();
     double units_before = 0;
     auto progress = [&](const std::string& what, double done, double) {
       const double units = units_before + done;
@@ -239,6 +253,26 @@ void register_bench(CLI::App& app) {
       }
       if (run_retrieval) retrieval_configs.push_back(rescaled(best->config, retrieval_ctx));
     }
+    if (o->retrieval_no_full) {
+      std::erase_if(retrieval_configs, [](const eval::bench_config& c) { return c.policy.kind == policy_kind::full; });
+    }
+    for (eval::bench_config& c : retrieval_configs) c.evict_after_context = o->evict_after_context;
+    // Diagnostics: beside each evicting curve, one curve per --oracle-keep part.
+    if (!o->oracle_keep.empty()) {
+      std::vector<eval::bench_config> with_oracles;
+      for (const eval::bench_config& c : retrieval_configs) {
+        with_oracles.push_back(c);
+        if (c.policy.mode == select_mode::keep_all) continue;
+        for (const std::string& part : o->oracle_keep) {
+          eval::bench_config oc = c;
+          (part == "needles" ? oc.oracle_needles : oc.oracle_question) = true;
+          oc.curve += "-oracle-" + part;
+          with_oracles.push_back(std::move(oc));
+        }
+      }
+      retrieval_configs = std::move(with_oracles);
+    }
+    total_units = units_before + static_cast<double>(retrieval_configs.size()) * in.retrieval_cases.size();
     for (const eval::bench_config& c : retrieval_configs) {
       in.retrieval.push_back({c, eval::run_retrieval(*m, gates, c, in.retrieval_cases, b.batch, b.prefill, progress)});
       units_before += in.retrieval_cases.size();

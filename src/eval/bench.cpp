@@ -110,6 +110,7 @@ policy_config policy_for_prompt(const bench_config& config, int question_start, 
   policy_config p = config.policy;
   if (config.question_outside) p.observe_end = question_start;
   if (config.evict_once) p.evict_from = p.evict_until = n_prompt - 1;
+  if (config.evict_after_context && !config.evict_once) p.evict_from = question_start - 1;
   return p;
 }
 

@@ -43,6 +43,16 @@ struct bench_config {
   // tokens are all kept (snapkv and snapkv-ctx, as SnapKV and kvpress compress a prefilled
   // prompt). The quality windows evict after every chunk as the other policies do.
   bool evict_once = false;
+  // Diagnostics (bench --oracle-keep), retrieval only: every slot of the asked needles
+  // (oracle_needles) or of the question and answer prefix (oracle_question) scores above all
+  // others, so a budget keeps them whenever it can: what the policy's accuracy would be if its
+  // scorer chose those tokens perfectly. Not policies.
+  bool oracle_needles = false, oracle_question = false;
+  // Retrieval (bench --evict-after-context): the context before the question is prefilled with
+  // nothing evicted, the policy first evicts when it is all in and then after every step (the
+  // question's chunks, each answer token), as kvpress and KVzip compress a read context before
+  // the question comes. Default: eviction after every prefill chunk from the start.
+  bool evict_after_context = false;
 };
 
 struct bench_options {

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cctype>
+#include <limits>
+#include <memory>
 #include <random>
 
 #include <fmt/format.h>
@@ -298,6 +300,38 @@ std::vector<retrieval_case> retrieval_cases(const std::vector<std::string>& corp
   return cases;
 }
 
+namespace {
+
+// bench --oracle-keep: the policy's own scores, with the slots of the given prompt spans above them all.
+class oracle_scorer final : public scorer {
+ public:
+  oracle_scorer(std::unique_ptr<scorer> inner, std::vector<std::pair<int, int>> spans)
+      : inner_(std::move(inner)), spans_(std::move(spans)) {}
+  scorer_needs needs() const override { return inner_->needs(); }
+  observer* attention_observer() override { return inner_->attention_observer(); }
+  size_t bytes() const override { return inner_->bytes(); }
+  void score(kv_cache& cache, const score_request& request) override {
+    inner_->score(cache, request);
+    for (int il = 0; il < cache.n_layer(); ++il) {
+      for (int ih = 0; ih < cache.n_kv_head(); ++ih) {
+        kv_head& h = cache.head(il, ih);
+        const slot_range r = request.ranges[il * cache.n_kv_head() + ih];
+        for (uint32_t j = r.begin; j < r.end; ++j) {
+          for (const auto& [first, end] : spans_) {
+            if (h.pos[j] >= first && h.pos[j] < end) h.score[j] = std::numeric_limits<float>::infinity();
+          }
+        }
+      }
+    }
+  }
+
+ private:
+  std::unique_ptr<scorer> inner_;
+  std::vector<std::pair<int, int>> spans_;
+};
+
+}  // namespace
+
 retrieval_result run_retrieval(const model& m, std::shared_ptr<const gate_bank> gates, const bench_config& config,
                                const std::vector<retrieval_case>& cases, int batch, linear_rows prefill,
                                const bench_progress& progress) {
@@ -307,12 +341,23 @@ retrieval_result run_retrieval(const model& m, std::shared_ptr<const gate_bank> 
   for (size_t i = 0; i < cases.size(); ++i) {
     const retrieval_case& c = cases[i];
     session s(m, {.n_ctx = static_cast<int>(c.prompt.size()) + c.max_new_tokens, .n_batch = batch, .prefill = prefill});
-    auto runner = make_policy(policy_for_prompt(config, c.question_start, static_cast<int>(c.prompt.size())),
-                              m.config(), gates);
+    const policy_config pc = policy_for_prompt(config, c.question_start, static_cast<int>(c.prompt.size()));
+    std::unique_ptr<scorer> sc = make_scorer(pc, m.config(), gates);
+    if ((config.oracle_needles || config.oracle_question) && sc) {
+      std::vector<std::pair<int, int>> spans;
+      if (config.oracle_needles) spans = c.asked_spans;
+      if (config.oracle_question) spans.emplace_back(c.question_start, static_cast<int>(c.prompt.size()));
+      sc = std::make_unique<oracle_scorer>(std::move(sc), std::move(spans));
+    }
+    auto runner = std::make_unique<policy_runner>(pc, m.config(), std::move(sc));
     runner->attach(s);
     std::vector<float> logits;
     {
-      auto l = s.prefill(c.prompt);
+      // Evicting after the context: its last chunk must end where the question starts.
+      const std::span<const int32_t> prompt(c.prompt);
+      const size_t split = config.evict_after_context ? static_cast<size_t>(c.question_start) : 0;
+      if (split > 0) s.prefill(prompt.first(split));
+      auto l = s.prefill(prompt.subspan(split));
       logits.assign(l.begin(), l.end());
     }
     share += kv_share_live(s.cache(), s.n_past());
