@@ -13,6 +13,11 @@ namespace kvgate::serve {
 namespace {
 using steady = std::chrono::steady_clock;
 double since(steady::time_point t0, steady::time_point t1) { return std::chrono::duration<double>(t1 - t0).count(); }
+// Tokens at the start of a slot's cache that the prompt shares.
+size_t shared_start(const std::vector<int32_t>& cached, const std::vector<int32_t>& prompt) {
+  return static_cast<size_t>(std::mismatch(cached.begin(), cached.end(), prompt.begin(), prompt.end()).first -
+                             cached.begin());
+}
 }  // namespace
 
 bool task::wait_text(std::string* out, bool* done, int timeout_ms) {
@@ -151,8 +156,7 @@ bool scheduler::admit_locked() {
       if (sl.t) continue;
       size_t keep = 0;
       if (sl.policy_key == t->req.policy.key && !sl.cached.empty()) {
-        const size_t common =
-            std::mismatch(sl.cached.begin(), sl.cached.end(), prompt.begin(), prompt.end()).first - sl.cached.begin();
+        const size_t common = shared_start(sl.cached, prompt);
         if (common == sl.cached.size() && common < prompt.size()) {
           keep = common;
         } else if (t->req.policy.config.kind == policy_kind::full && 2 * common >= prompt.size()) {
@@ -178,8 +182,7 @@ bool scheduler::admit_locked() {
       for (auto& sp : slots_) {
         const slot& sl = *sp;
         if (sp.get() == best || sl.policy_key != t->req.policy.key || sl.cached.empty()) continue;
-        const size_t common =
-            std::mismatch(sl.cached.begin(), sl.cached.end(), prompt.begin(), prompt.end()).first - sl.cached.begin();
+        const size_t common = shared_start(sl.cached, prompt);
         const size_t keep = std::min({common, prompt.size() - 1, static_cast<size_t>(sl.s->n_past())});
         if (keep > donor_keep) {
           donor = sp.get();
