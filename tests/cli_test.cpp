@@ -159,5 +159,19 @@ TEST(cli, bad_input_gives_clear_error_and_nonzero_exit) {
   }
 }
 
+// The server's policy flags make the default policy whole, --budget-pool included: a pool that
+// cannot apply is refused at start (before, serve dropped --budget-pool and started with a
+// per-head budget; the timeout ends such a server).
+TEST(cli, serve_refuses_a_default_policy_its_budget_pool_cannot_apply_to) {
+  const std::string err_file = test::temp_dir() + "/serve_pool_err.txt";
+  const int status = test::run_command("timeout 120 " + std::string(KVGATE_BINARY) + " serve --port 0 " + model_arg() +
+                                           " --policy h2o --threshold 0.1 --budget-pool model 2>" + err_file,
+                                       nullptr);
+  std::ifstream in(err_file);
+  const std::string err((std::istreambuf_iterator<char>(in)), {});
+  EXPECT_EQ(status, 1) << err;
+  EXPECT_NE(err.find("--budget-pool model"), std::string::npos) << err;
+}
+
 }  // namespace
 }  // namespace kvgate

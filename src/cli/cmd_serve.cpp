@@ -53,16 +53,7 @@ void register_serve(CLI::App& app) {
     so.gates_path = o->policy.gates;
     so.scheduling.kv_memory_bytes = static_cast<size_t>(o->kv_memory_mb * 1024 * 1024);
     so.scheduling.prefill = parse_prefill(o->prefill);
-    const policy_flags& f = o->policy;
-    policy_request& d = so.default_policy;
-    d.policy = f.policy;
-    if (f.sinks_opt->count()) d.sinks = f.sinks;
-    if (f.window_opt->count()) d.window = f.window;
-    if (f.budget_opt->count()) d.budget = f.budget;
-    if (f.threshold_opt->count()) d.threshold = f.threshold;
-    d.layout = f.layout;
-    d.has_gates = f.policy == "learned" && !f.gates.empty();
-    d.seed = f.seed;
+    so.default_policy = policy_request_of(o->policy);  // --budget-pool included
 
     // A handler that only raises a flag (libraries such as OpenBLAS start threads before we could
     // block signals in them, so any thread may take the signal); a watcher thread acts on it.

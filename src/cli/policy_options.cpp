@@ -22,7 +22,7 @@ void add_policy_options(CLI::App& app, policy_flags& f, bool add_seed) {
   if (add_seed) app.add_option("--seed", f.seed, "seed of --policy random");
 }
 
-std::unique_ptr<policy_runner> make_policy_runner(const policy_flags& f, const model& m) {
+policy_request policy_request_of(const policy_flags& f) {
   policy_request req;
   req.policy = f.policy;
   if (f.sinks_opt->count()) req.sinks = f.sinks;
@@ -31,8 +31,14 @@ std::unique_ptr<policy_runner> make_policy_runner(const policy_flags& f, const m
   if (f.threshold_opt->count()) req.threshold = f.threshold;
   req.layout = f.layout;
   req.pool = f.budget_pool;
-  req.has_gates = !f.gates.empty();
+  req.has_gates = f.policy == "learned" && !f.gates.empty();
   req.seed = f.seed;
+  return req;
+}
+
+std::unique_ptr<policy_runner> make_policy_runner(const policy_flags& f, const model& m) {
+  policy_request req = policy_request_of(f);
+  req.has_gates = !f.gates.empty();  // here --gates with another policy is refused by name
 
   std::shared_ptr<const gate_bank> gates;
   const model_config& c = m.config();

@@ -35,6 +35,10 @@ struct policy_flags {
 // (a subcommand without a --seed of its own), --seed. flags must outlive the parse.
 void add_policy_options(CLI::App& app, policy_flags& flags, bool add_seed);
 
+// The request the flags make: the knobs given, has_gates when --policy learned has --gates
+// (a server keeps --gates for the requests that ask for learned whatever its own policy).
+policy_request policy_request_of(const policy_flags& flags);
+
 // Checks the flags for model m (a gate file is loaded and refused unless it was trained for m)
 // and builds the runner; attach it to a session with policy_runner::attach.
 std::unique_ptr<policy_runner> make_policy_runner(const policy_flags& flags, const model& m);
