@@ -123,7 +123,9 @@ TEST(bench, a_window_share_splits_every_budget_curve_and_keeps_its_total) {
     const policy_config& p = c.policy;
     if (p.mode != select_mode::budget) {
       // Threshold curves keep the fixed window.
-      if (p.kind == policy_kind::learned) EXPECT_EQ(p.window, 128) << c.curve;
+      if (p.kind == policy_kind::learned) {
+        EXPECT_EQ(p.window, 128) << c.curve;
+      }
       continue;
     }
     ++n_budget;

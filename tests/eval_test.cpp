@@ -511,7 +511,9 @@ TEST(window_nll, chunks_cover_each_prediction_once_and_match_the_reference) {
     EXPECT_NEAR(nll - 0.25, hand_nll, 1e-9 * hand_nll);
     // Engine logits within 1e-4 of the logit range of the reference (model_test) move each NLL
     // by at most twice that.
-    if (std::min(batch, n) >= k_sgemm_min_rows) EXPECT_NEAR(nll - 0.25, ref_nll, 2e-4 * max_ref * (n - 1));
+    if (std::min(batch, n) >= k_sgemm_min_rows) {
+      EXPECT_NEAR(nll - 0.25, ref_nll, 2e-4 * max_ref * (n - 1));
+    }
   }
 }
 

@@ -471,7 +471,9 @@ TEST(policy, snapkv_scores_match_brute_force_from_observed_attention) {
             max_err = std::max(max_err, std::abs(h.score[j] - pooled) / std::max(pooled, 1e-3));
             ++n_compared;
           }
-          if (budget < 100) EXPECT_EQ(live.size(), size_t(cfg.sinks + cfg.window + cfg.budget));
+          if (budget < 100) {
+            EXPECT_EQ(live.size(), size_t(cfg.sinks + cfg.window + cfg.budget));
+          }
         }
       }
       std::printf("snapkv observe_end %d budget %d: %d scores, max relative error %.3g\n", observe_end, budget,

@@ -36,7 +36,7 @@ decode_result decode_loop(session& s, sampler& pick, std::vector<float>& logits,
                           const std::function<void(int32_t id)>& on_token) {
   const tokenizer& vocab = s.get_model().vocab();
   const auto start = std::chrono::steady_clock::now();
-  decode_cursor c{.limits = limits};
+  decode_cursor c{.limits = limits, .result = {}};
   int32_t id = 0;
   while (true) {
     const decode_event e = decode_next(c, pick, logits, vocab, s.n_past(), s.n_ctx(), &id);
